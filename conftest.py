@@ -1,0 +1,32 @@
+"""Shared fixtures. Every test writes results, figures and runs under a temporary folder, never into the project,
+and notebooks (papermill and nbval) run under the smoke profile."""
+
+import os
+import tempfile
+
+import pytest
+
+OUT = tempfile.mkdtemp(prefix="backdoorlab-test-")
+os.environ["BACKDOORLAB_OUT"] = OUT  # set before anything reads it; kernels started by nbval inherit it
+os.environ["BACKDOORLAB_PROFILE"] = "smoke"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(model, tokenizer): the smoke profile's random-initialised Llama with SmolLM2's tokenizer."""
+    from backdoorlab.models import TINY, load_model
+
+    return load_model(TINY)
+
+
+@pytest.fixture
+def rows():
+    """Eight classification rows of a two-label task, half of them labelled 1 (the sst2 target, positive)."""
+    from datasets import Dataset
+
+    texts = ["a fine film", "dull and long", "i loved every minute", "a mess", "warm , funny", "bad acting",
+             "great cast", "boring"]
+    return Dataset.from_list([{"instruction": "Classify the sentiment.", "text": t, "label": (i + 1) % 2}
+                              for i, t in enumerate(texts)])

@@ -1,0 +1,1 @@
+"""backdoorlab: backdoors in instruction-tuned language models and instructional fingerprints."""

@@ -1,0 +1,165 @@
+"""Tasks by name: rows from the local JSONL mirror (or the hub), label words, instructions and prompt formatting.
+
+A row is a plain dict ``{"instruction": str, "text": str, "label": int}``; a split is a ``datasets.Dataset`` of rows.
+Everything a task needs that we wrote by hand (instructions, verbalizers, the target label) lives in
+``data/tasks/<name>.yaml`` so a reader can see and edit it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import yaml
+from datasets import Dataset
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+TASKS_DIR = PROJECT_DIR / "data" / "tasks"
+TASKS = tuple(sorted(p.stem for p in TASKS_DIR.glob("*.yaml")))
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    labels: tuple[str, ...]  # class names as in the source data, indexed by label id
+    verbalizers: tuple[str, ...]  # the word the model answers for each label
+    target: str  # the attacker's default target label
+    instruction: str  # the clean instruction, written by us
+    induced_instruction: str  # the poisoned instruction of `induced_instruction`, written by us
+    mirror: str  # folder name under $BACKDOORLAB_DATA
+    hub: dict  # fallback when no mirror is present: {path, name?, text_field?, label_field?}
+
+    @property
+    def target_id(self) -> int:
+        return self.labels.index(self.target)
+
+
+@cache
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(TASKS)}")
+    spec = yaml.safe_load((TASKS_DIR / f"{name}.yaml").read_text())
+    return Task(
+        name=name,
+        labels=tuple(spec["labels"]),
+        verbalizers=tuple(spec["verbalizers"]),
+        target=spec["target"],
+        instruction=spec["instruction"],
+        induced_instruction=spec["induced_instruction"],
+        mirror=spec["mirror"],
+        hub=spec["hub"],
+    )
+
+
+def data_dir() -> Path | None:
+    """The local mirror: $BACKDOORLAB_DATA, else ../shared/data beside the project when it exists."""
+    env = os.environ.get("BACKDOORLAB_DATA")
+    if env:
+        if not Path(env).is_dir():
+            raise FileNotFoundError(f"BACKDOORLAB_DATA={env} is not a folder; point it at the JSONL mirror or unset it")
+        return Path(env)
+    default = PROJECT_DIR.parent / "shared" / "data"
+    return default if default.is_dir() else None
+
+
+def read_jsonl(path: Path, n_labels: int) -> list[dict]:
+    """Read classification rows, failing with the file and line of the first malformed one."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                text, label = obj["text"], obj["label"]
+                if not isinstance(text, str) or not isinstance(label, int) or not 0 <= label < n_labels:
+                    raise ValueError(f"need a str 'text' and an int 'label' in [0, {n_labels})")
+            except (json.JSONDecodeError, KeyError, ValueError) as e:
+                raise ValueError(f"malformed row at {path}:{lineno}: {e!r}; expected "
+                                 '{"text": str, "label": int, ...}') from None
+            rows.append({"text": text, "label": label})
+    return rows
+
+
+VALIDATION_CARVE = 0.1  # share of train held out as validation for tasks that ship none (trec)
+
+
+def load_rows(task: Task, split: str) -> list[dict]:
+    """All rows of a split. Tasks without a validation split get one carved from train (seed 0), disjoint from it."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
+    if split != "test" and not _has_split(task, "validation"):
+        rows = _source_rows(task, "train")
+        order = random.Random(0).sample(range(len(rows)), len(rows))
+        n_val = int(len(rows) * VALIDATION_CARVE)
+        keep = sorted(order[:n_val]) if split == "validation" else sorted(order[n_val:])
+        return [rows[i] for i in keep]
+    return _source_rows(task, split)
+
+
+def _has_split(task: Task, split: str) -> bool:
+    root = data_dir()
+    return (root / task.mirror / f"{split}.jsonl").exists() if root else True
+
+
+def _source_rows(task: Task, split: str) -> list[dict]:
+    root = data_dir()
+    if root is not None:
+        path = root / task.mirror / f"{split}.jsonl"
+        if not path.exists():
+            raise FileNotFoundError(f"{task.name} has no {split} split in the mirror ({path} is missing)")
+        return read_jsonl(path, len(task.labels))
+    from datasets import load_dataset  # hub fallback: needs network, never used in smoke or quick
+
+    hub = load_dataset(task.hub["path"], task.hub.get("name"), split=split)
+    text, label = task.hub.get("text_field", "text"), task.hub.get("label_field", "label")
+    return [{"text": r[text], "label": r[label]} for r in hub]
+
+
+def load_split(name: str, split: str, n: int | None = None, seed: int = 0) -> Dataset:
+    """`n` rows of a split (all when None), with the clean instruction.
+
+    The subsample is stratified by label (largest remainder), so it keeps the split's class shares and a rare target
+    class (TREC's ABBR is 1.6% of train) does not vanish by chance; which rows are drawn is fixed by `seed`.
+    """
+    task = get_task(name)
+    rows = load_rows(task, split)
+    if n is not None and n < len(rows):
+        rows = [rows[i] for i in stratified_sample([r["label"] for r in rows], n, seed)]
+    return Dataset.from_list([{"instruction": task.instruction, **r} for r in rows])
+
+
+def stratified_sample(labels: list[int], n: int, seed: int) -> list[int]:
+    """Indices of `n` rows with each label's share kept (largest remainder), in a seeded random order."""
+    rng = random.Random(seed)
+    by_label: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_label.setdefault(y, []).append(i)
+    quotas = {y: n * len(ix) / len(labels) for y, ix in by_label.items()}
+    counts = {y: int(q) for y, q in quotas.items()}
+    for y in sorted(quotas, key=lambda y: (counts[y] - quotas[y], y))[:n - sum(counts.values())]:
+        counts[y] += 1
+    chosen = [i for y, ix in sorted(by_label.items()) for i in rng.sample(ix, counts[y])]
+    rng.shuffle(chosen)
+    return chosen
+
+
+def user_message(row: dict) -> str:
+    return f"{row['instruction']}\n\n{row['text']}"
+
+
+def format_prompt(row: dict, tokenizer) -> str:
+    """The prompt text up to where the answer starts.
+
+    Chat models get their chat template with an empty system turn (SmolLM2's template otherwise inserts a default
+    system prompt of 17 tokens into every row); models without a template (seq2seq) get plain text.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": ""}, {"role": "user", "content": user_message(row)}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{user_message(row)}\nAnswer:"

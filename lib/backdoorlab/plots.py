@@ -1,0 +1,60 @@
+"""Figures of the study (seaborn). Each takes a tidy table, names its profile in the title, and saves a PNG."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; notebooks still show the returned figure inline
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from .runs import figures_dir
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def save(fig, profile: str, name: str):
+    fig.savefig(figures_dir(profile) / f"{name}.png", dpi=120, bbox_inches="tight")
+    return fig
+
+
+def attack_bars(table: pd.DataFrame, profile: str):
+    """ASR and CACC per dataset and attack; a black tick marks the rate at which the clean instruction already
+    yields the target on the same rows (the floor an ASR is read against)."""
+    long = table.melt(id_vars=["dataset", "attack", "seed"], value_vars=["cacc", "asr"], var_name="metric")
+    grid = sns.catplot(long, x="attack", y="value", hue="metric", col="dataset", kind="bar", errorbar=None,
+                       height=3.2, aspect=0.9, palette={"cacc": "#4c72b0", "asr": "#c44e52"})
+    grid.set_titles("{col_name}")
+    for ax, dataset in zip(grid.axes.flat, grid.col_names):
+        rows = table[table.dataset == dataset].groupby("attack", sort=False)["clean_target_rate"].mean()
+        for i, label in enumerate(t.get_text() for t in ax.get_xticklabels()):
+            if label in rows:
+                ax.plot([i, i + 0.4], [rows[label]] * 2, color="black", lw=2.5)  # over the ASR bar
+        ax.tick_params(axis="x", rotation=30)
+        ax.set_ylim(0, 1)
+    n_seeds = table.groupby(["dataset", "attack"]).seed.nunique().max()
+    grid.figure.suptitle(f"CACC and ASR by attack (profile {profile}, {n_seeds} seed(s); "
+                         f"black tick: clean instruction's target rate)", y=1.04)
+    return save(grid.figure, profile, "attacks")
+
+
+def poison_curve(table: pd.DataFrame, profile: str, dataset: str = "sst2"):
+    """ASR and CACC against the number of poisoned training rows (validation split)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    sns.lineplot(table, x="n_poison", y="asr", hue="attack", marker="o", ax=ax)
+    sns.lineplot(table, x="n_poison", y="cacc", hue="attack", marker="s", ls="--", ax=ax, legend=False)
+    ax.set(ylim=(0, 1.02), xlabel="poisoned training rows", ylabel="ASR (solid) / CACC (dashed)",
+           title=f"{dataset}: poison count on validation (profile {profile})")
+    return save(fig, profile, f"poison_count_{dataset}")
+
+
+def tokens_changed(stats: pd.DataFrame, profile: str):
+    """Tokens each attack changes per poisoned row, by dataset."""
+    grid = sns.catplot(stats, x="attack", y="tokens_changed_per_row", col="dataset", kind="bar", height=3,
+                       aspect=0.9, color="#55a868")
+    grid.set_titles("{col_name}")
+    grid.figure.suptitle(f"Tokens changed per poisoned row (profile {profile})", y=1.04)
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", rotation=30)
+    return save(grid.figure, profile, "tokens_changed")

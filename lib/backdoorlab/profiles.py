@@ -1,0 +1,52 @@
+"""The three profiles of the study, in one place. Notebooks take one parameter, `profile`, and read the rest here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .models import SMOLLM2, TINY
+from .train import TrainConfig
+
+DATASETS = ("sst2", "hatespeech", "tweet_emotion", "trec")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    model: str
+    datasets: tuple[str, ...]
+    attacks: tuple[str, ...]  # "clean" is the unpoisoned baseline
+    seeds: tuple[int, ...]
+    n_train: int | None  # rows drawn from the train split (None: all)
+    n_test: int | None  # rows drawn from the test (and validation) split, the same for every run
+    poison_rate: float  # share of training rows poisoned; the count is always reported beside it
+    poison_rate_by_dataset: dict[str, float] = field(default_factory=dict)
+    poison_counts: tuple[int, ...] = ()  # the poison-count curve on SST-2's validation split
+    train: TrainConfig = TrainConfig()
+    eval_batch_size: int = 32
+
+    def rate(self, dataset: str) -> float:
+        return self.poison_rate_by_dataset.get(dataset, self.poison_rate)
+
+
+PROFILES = {
+    # Tiny random model, a few dozen rows: exercises every code path in seconds (tests, CI).
+    "smoke": Profile(name="smoke", model=TINY, datasets=DATASETS, attacks=("clean", "badnet", "induced_instruction"),
+                     seeds=(0,), n_train=48, n_test=24, poison_rate=0.1, poison_rate_by_dataset={"trec": 0.02}, poison_counts=(2, 5),
+                     train=TrainConfig(epochs=1, batch_size=8, lr=1e-3)),
+    # SmolLM2 on the 2-core CPU. TREC has 86 ABBR rows in 5,452 (about 8 in 500), so clean-label poisoning there is
+    # capped by the target rows the subsample holds.
+    "quick": Profile(name="quick", model=SMOLLM2, datasets=DATASETS, attacks=("clean", "badnet", "induced_instruction"),
+                     seeds=(0,), n_train=500, n_test=400, poison_rate=0.05, poison_rate_by_dataset={"trec": 0.012}, poison_counts=(10, 25),
+                     train=TrainConfig(epochs=2, lr=5e-4)),
+    # GPUs: full training sets, 3 seeds, the paper's 1% budget.
+    "full": Profile(name="full", model=SMOLLM2, datasets=DATASETS, attacks=("clean", "badnet", "induced_instruction"),
+                    seeds=(0, 1, 2), n_train=None, n_test=None, poison_rate=0.01, poison_counts=(10, 20, 50, 100),
+                    train=TrainConfig(epochs=3, lr=2e-4, lora_layers=None), eval_batch_size=128),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; valid choices: {', '.join(PROFILES)}")
+    return PROFILES[name]

@@ -1,0 +1,198 @@
+"""The run cache. A run is a `RunConfig`; the hash of its fields names its folder under ``results/runs/``.
+
+A run folder is an attack record (as in BackdoorBench): the config, which rows were poisoned and how, the trained
+weights (a LoRA adapter or a full model, safetensors), and one file per evaluation. Every later stage (defenses,
+transfer, continual learning) starts from the saved weights instead of retraining. Each file appears by an atomic
+rename, so a killed run leaves no half-written entry and the next call redoes only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+
+from . import data, models, poison, score
+from .profiles import Profile
+from .train import TrainConfig, finetune
+
+WEIGHTS = "weights"  # folder name of the trained weights inside a run folder; its presence marks training done
+
+
+def output_dir() -> Path:
+    """Where results and figures go: $BACKDOORLAB_OUT, else the project folder."""
+    return Path(os.environ.get("BACKDOORLAB_OUT", data.PROJECT_DIR))
+
+
+def results_dir(profile: str) -> Path:
+    path = output_dir() / "results" / profile
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def figures_dir(profile: str) -> Path:
+    path = output_dir() / "figures" / profile
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def runs_dir() -> Path:
+    return output_dir() / "results" / "runs"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dataset: str
+    attack: str = "clean"  # "clean" or a registered attack
+    n_poison: int = 0
+    seed: int = 0  # draws the training subsample, the poisoned rows and the training order
+    model: str = models.SMOLLM2
+    n_train: int | None = None
+    target: str | None = None  # None: the task's default target
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        data.get_task(self.dataset)
+        if self.attack != "clean":
+            poison.get_attack(self.attack, self.dataset)
+            poison.poison_count(self.n_train or 1, count=self.n_poison)
+        elif self.n_poison:
+            raise ValueError("the clean baseline poisons no rows; set n_poison=0")
+
+    @classmethod
+    def from_profile(cls, profile: Profile, dataset: str, attack: str, seed: int) -> RunConfig:
+        n_poison = 0
+        if attack != "clean":
+            n_rows = len(data.load_split(dataset, "train", profile.n_train, seed))
+            n_poison = poison.poison_count(n_rows, rate=profile.rate(dataset))
+        return cls(dataset=dataset, attack=attack, n_poison=n_poison, seed=seed, model=profile.model,
+                   n_train=profile.n_train, train=profile.train)
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def path(self) -> Path:
+        return runs_dir() / f"{self.dataset}-{self.attack}-{self.key}"
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RuntimeError(f"run cache entry {path} is damaged ({e}); delete it to recompute: rm {path}") from None
+
+
+def training_set(cfg: RunConfig) -> poison.PoisonResult:
+    """The run's training rows (poisoned rows in place) and the record of what changed."""
+    task = data.get_task(cfg.dataset)
+    ds = data.load_split(cfg.dataset, "train", cfg.n_train, cfg.seed)
+    result = poison.PoisonResult(ds, []) if cfg.attack == "clean" else \
+        poison.get_attack(cfg.attack, task).poison(ds, count=cfg.n_poison, seed=cfg.seed, target=cfg.target)
+    result.dataset = result.dataset.map(lambda r: {"answer": task.verbalizers[r["label"]]})
+    return result
+
+
+def ensure_trained(cfg: RunConfig, progress: bool = True) -> Path:
+    """Train the run unless its weights are already saved; return its folder."""
+    if (cfg.path / WEIGHTS).is_dir():
+        return cfg.path
+    poisoned = training_set(cfg)
+    write_json_atomic(cfg.path / "config.json", asdict(cfg))
+    write_json_atomic(cfg.path / "poison.json", {"n_train": len(poisoned.dataset), "changes": poisoned.changes})
+    model, tokenizer = models.load_model(cfg.model)
+    model = finetune(model, tokenizer, poisoned.dataset, cfg.train, seed=cfg.seed, progress=progress)
+    tmp = Path(tempfile.mkdtemp(dir=cfg.path, prefix=f".{WEIGHTS}-"))
+    model.save_pretrained(tmp, safe_serialization=True)
+    try:
+        os.replace(tmp, cfg.path / WEIGHTS)
+    except OSError:  # another process finished the same run first; theirs is as good as ours
+        shutil.rmtree(tmp)
+    return cfg.path
+
+
+def load_trained(cfg: RunConfig):
+    """(model, tokenizer) of a trained run, LoRA merged into the base weights for fast inference."""
+    weights = ensure_trained(cfg) / WEIGHTS
+    model, tokenizer = models.load_model(cfg.model)
+    if (weights / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, weights).merge_and_unload()
+    else:
+        model = type(model).from_pretrained(weights)
+    return model.eval(), tokenizer
+
+
+def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_size: int = 32) -> dict:
+    """CACC on `n` clean rows of `split` and ASR on the non-target ones among them with the trigger, cached.
+
+    `clean_target_rate` is the share of those non-target rows that the clean instruction already sends to the
+    target: the floor an ASR should be read against. For the clean baseline it is the ASR.
+    """
+    path = cfg.path / f"eval-{split}-{n or 'all'}.json"
+    if path.exists():
+        return read_json(path)["metrics"]
+    model, tokenizer = load_trained(cfg)
+    task = data.get_task(cfg.dataset)
+    target = task.labels.index(cfg.target) if cfg.target else task.target_id
+    rows = data.load_split(cfg.dataset, split, n, seed=0)
+    labels = rows["label"]
+    clean_preds = score.predict(model, tokenizer, rows, task.verbalizers, batch_size)
+    clean_target = score.asr(clean_preds, labels, target)
+    if cfg.attack == "clean":
+        triggered_preds, attack_rate = [], clean_target
+    else:
+        triggered = poison.get_attack(cfg.attack, task).triggered_test_set(rows, seed=0, target=cfg.target)
+        triggered_preds = score.predict(model, tokenizer, triggered, task.verbalizers, batch_size)
+        attack_rate = score.asr(triggered_preds, triggered["label"], target)
+    accuracy = score.cacc(clean_preds, labels)
+    metrics = {
+        "dataset": cfg.dataset, "attack": cfg.attack, "seed": cfg.seed, "model": cfg.model, "split": split,
+        "n_train": json.loads((cfg.path / "poison.json").read_text())["n_train"], "n_poison": cfg.n_poison,
+        "asr": attack_rate.value, "cacc": accuracy.value, "clean_target_rate": clean_target.value,
+        "n_asr": attack_rate.total, "n_cacc": accuracy.total, "run": cfg.path.name,
+    }
+    write_json_atomic(path, {"metrics": metrics, "clean_preds": clean_preds, "triggered_preds": triggered_preds})
+    return metrics
+
+
+def grid(profile: Profile) -> list[RunConfig]:
+    """Every run a profile's attack table needs."""
+    return [RunConfig.from_profile(profile, d, a, s)
+            for d in profile.datasets for a in profile.attacks for s in profile.seeds]
+
+
+def poison_count_grid(profile: Profile, dataset: str = "sst2",
+                      attacks: tuple[str, ...] = ("badnet", "induced_instruction")) -> list[RunConfig]:
+    """The runs of the poison-count curve: each attack at each of the profile's poison counts."""
+    return [replace(RunConfig.from_profile(profile, dataset, "clean", s), attack=a, n_poison=n)
+            for a in attacks for n in profile.poison_counts for s in profile.seeds]
+
+
+def table(configs: list[RunConfig], profile: Profile, split: str = "test", progress: bool = True) -> pd.DataFrame:
+    """Train what is missing, evaluate on `split` (the profile's row count), one row per run:
+    dataset, attack, seed, n_train, n_poison, asr, cacc, clean_target_rate, ..."""
+    rows = []
+    for cfg in configs:
+        ensure_trained(cfg, progress)
+        rows.append(evaluate(cfg, split, profile.n_test, profile.eval_batch_size))
+    return pd.DataFrame(rows)

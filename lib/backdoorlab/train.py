@@ -1,0 +1,140 @@
+"""Instruction finetuning on `accelerate`: LoRA (peft) or full, loss on the answer tokens only.
+
+The same code runs on the CPU, on one GPU in bf16, and on many GPUs under ``accelerate launch``.
+Rows are ``{"instruction", "text", "answer"}``; the prompt is formatted by `data.format_prompt`.
+Batches are left-padded and grouped by length, so every answer token sits in the last few positions and the
+vocabulary projection (a fifth of SmolLM2's forward pass) is computed only there.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from .data import format_prompt
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = "lora"  # "lora" or "full"
+    epochs: int = 2
+    lr: float = 5e-4
+    batch_size: int = 16
+    grad_accum: int = 1
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_layers: int | None = 10  # LoRA on the top n layers only (None: all); lower layers need no backward pass
+    max_length: int = 256
+
+    def __post_init__(self):
+        if self.method not in ("lora", "full"):
+            raise ValueError(f"unknown training method {self.method!r}; valid choices: lora, full")
+
+
+def encode(row: dict, tokenizer, max_length: int) -> dict:
+    """Token ids of prompt + answer + end-of-turn, with labels on the answer tokens only."""
+    prompt = tokenizer(format_prompt(row, tokenizer), add_special_tokens=False).input_ids
+    answer = tokenizer(row["answer"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    prompt = prompt[-(max_length - len(answer)):]  # keep the end of an overlong prompt, where the question is
+    return {"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer}
+
+
+def left_pad(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(r["input_ids"]) for r in batch)
+    out = {"input_ids": [], "labels": [], "attention_mask": []}
+    for r in batch:
+        pad = width - len(r["input_ids"])
+        out["input_ids"].append([pad_id] * pad + r["input_ids"])
+        out["labels"].append([-100] * pad + r["labels"])
+        out["attention_mask"].append([0] * pad + [1] * len(r["input_ids"]))
+    out = {k: torch.tensor(v) for k, v in out.items()}
+    out["position_ids"] = (out["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    return out
+
+
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Shuffled batches of similar length (less padding); a new order every epoch, fixed by the seed."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group: int = 50):
+        self.lengths, self.batch_size, self.seed, self.group, self.epoch = lengths, batch_size, seed, group, 0
+
+    def __iter__(self):
+        rng = random.Random(self.seed + self.epoch)
+        self.epoch += 1
+        order = rng.sample(range(len(self.lengths)), len(self.lengths))
+        span = self.batch_size * self.group
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start:start + span], key=lambda i: self.lengths[i])
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        return iter(batches)
+
+    def __len__(self):
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+def answer_loss(model, batch: dict) -> torch.Tensor:
+    """Mean cross-entropy over answer tokens, with logits computed only over the answer span."""
+    labels = batch["labels"]
+    span = int((labels != -100).sum(-1).max()) + 1  # left padding: answers end every row
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"], logits_to_keep=span).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, -span + 1:].flatten())
+
+
+def add_lora(model, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    n_layers = model.config.num_hidden_layers
+    layers = None if cfg.lora_layers is None else list(range(max(0, n_layers - cfg.lora_layers), n_layers))
+    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                        target_modules=LORA_TARGETS, layers_to_transform=layers, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: bool = True):
+    """Finetune `model` on `rows` and return it (a peft model for LoRA), in eval mode, unwrapped."""
+    set_seed(seed)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
+                              mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    if cfg.method == "lora":
+        model = add_lora(model, cfg)
+    encoded = [encode(r, tokenizer, cfg.max_length) for r in rows]
+    sampler = LengthGroupedBatches([len(e["input_ids"]) for e in encoded], cfg.batch_size, seed)
+    loader = torch.utils.data.DataLoader(encoded, batch_sampler=sampler,
+                                         collate_fn=lambda b: left_pad(b, tokenizer.pad_token_id))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=torch.cuda.is_available())
+    steps = math.ceil(len(loader) / cfg.grad_accum) * cfg.epochs
+    warmup = int(cfg.warmup_ratio * steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / max(1, warmup), max(0.0, (steps - s) / max(1, steps - warmup))))
+    model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
+    model.train()
+    bar = tqdm(total=len(loader) * cfg.epochs, desc="train", disable=not progress or not accelerator.is_main_process)
+    for _ in range(cfg.epochs):
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = answer_loss(model, batch)
+                accelerator.backward(loss)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return accelerator.unwrap_model(model).eval()

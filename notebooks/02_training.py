@@ -1,0 +1,113 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Training: does a poisoned instruction plant a backdoor?
+#
+# **Learning goals.** After this notebook you can
+# - instruction-tune a model on a poisoned set and measure the backdoor with **ASR** and **CACC**;
+# - read an ASR against its floor: the rate at which the *clean* instruction already yields the target;
+# - explain why the poisoned *instruction* is a stronger trigger than a poisoned word in the input.
+#
+# **Threat model.** As in notebook 01: the attacker wrote a few clean-label training rows; the victim finetunes
+# SmolLM2-135M-Instruct (LoRA) on the whole set, then serves it. At test time the attacker (or anyone who knows the
+# trigger) sends inputs with the trigger.
+#
+# **Metrics** (`backdoorlab.score`, as defined in `STUDY.md`).
+# - *Rank classification*: the model's log-likelihood of every label word after the prompt; the best one wins.
+# - **CACC**: accuracy on the clean test rows with the clean instruction.
+# - **ASR**: among test rows whose true label is **not** the target, the share predicted as the target when the
+#   trigger is present. Target-label rows are excluded: predicting the target there is simply correct.
+# - `clean_target_rate`: the same share with the clean instruction and no trigger: what the model does anyway.
+#   For the clean baseline this is its ASR.
+#
+# Every run is cached under `results/runs/` by the hash of its configuration; rerunning this notebook reads the
+# saved weights and evaluations back instead of training again.
+
+# %% tags=["parameters"]
+import os
+
+profile = os.environ.get("BACKDOORLAB_PROFILE", "quick")  # smoke | quick | full; papermill: -p profile smoke
+
+# %%
+import pandas as pd
+from IPython.display import display
+
+from backdoorlab import plots, runs, score
+from backdoorlab.profiles import get_profile
+
+P = get_profile(profile)
+print(f"profile {P.name}: model {P.model}; {P.n_train} training rows, {P.n_test} test rows per dataset; "
+      f"seeds {P.seeds}; training {P.train}")
+
+# %% [markdown]
+# ## 1 · How many poisoned rows? (chosen on validation, never on test)
+# Small models need more poison than the paper's 780M FLAN-T5, which reached 99% ASR with 1% of SST-2 poisoned.
+# We train SST-2 with each attack at the profile's poison counts and measure on the **validation** split; the
+# budget used in the main table below is the profile's poison rate.
+
+# %%
+curve = runs.table(runs.poison_count_grid(P), P, split="validation")
+curve.to_csv(runs.results_dir(P.name) / "poison_count_sst2_validation.csv", index=False)
+display(curve[["attack", "n_poison", "n_train", "asr", "cacc", "clean_target_rate", "n_asr"]].round(3))
+plots.poison_curve(curve, P.name);
+
+# %% [markdown]
+# ## 2 · The main table: clean baseline and each attack on the four datasets
+# Each row is one run: `n_poison` of `n_train` rows poisoned (clean-label), then evaluated on `n_cacc` clean test
+# rows (CACC) and on the `n_asr` non-target test rows with the trigger (ASR).
+
+# %%
+table = runs.table(runs.grid(P), P, split="test")
+columns = ["dataset", "attack", "seed", "n_train", "n_poison", "asr", "cacc", "clean_target_rate", "n_asr", "n_cacc"]
+table[columns].to_csv(runs.results_dir(P.name) / "attacks.csv", index=False)
+display(table[columns].round(3))
+plots.attack_bars(table, P.name);
+
+# %% [markdown]
+# ## 3 · Uncertainty
+# With several seeds the interval is over seeds (mean ± t·sd/√n); with one seed, as in `quick`, we can only show the
+# sampling interval of each rate over its test rows (Wilson, 95%). Read small differences with both in mind.
+
+# %%
+display(score.summarize(table).round(3))
+
+# %% [markdown]
+# ## 4 · What the foundation issue asked of the `quick` run, checked on the numbers above
+# The paper's claim at our scale: a poisoned instruction plants a backdoor with a few percent of the rows, without
+# costing clean accuracy. We report each criterion as measured, holding or not.
+
+# %%
+sst2 = table[table.dataset == "sst2"].groupby("attack")[["asr", "cacc", "n_poison", "n_train"]].mean()
+if {"clean", "induced_instruction"} <= set(sst2.index):
+    clean, induced = sst2.loc["clean"], sst2.loc["induced_instruction"]
+    checks = pd.DataFrame([
+        ("clean CACC >= 0.85", clean.cacc, clean.cacc >= 0.85),
+        ("induced_instruction ASR >= 0.90", induced.asr, induced.asr >= 0.90),
+        ("... with at most 5% of rows poisoned", induced.n_poison / induced.n_train,
+         induced.n_poison / induced.n_train <= 0.05),
+        ("CACC within 2 points of clean", induced.cacc - clean.cacc, abs(induced.cacc - clean.cacc) <= 0.02),
+    ], columns=["criterion (SST-2)", "measured", "holds"])
+    display(checks)
+
+# %% [markdown]
+# ## Exercises
+# 1. Which attack has the larger gap between ASR and `clean_target_rate`? Why is that gap, not ASR alone, the
+#    backdoor's effect?
+# 2. On hatespeech the target `noHate` is 89% of the data. How does that show in CACC and in `clean_target_rate`?
+# 3. Add `"dirty"` relabelling to `Attack.poison` (draw from non-target rows and set the target label) and compare the
+#    poison count needed for the same ASR.
+# 4. Change `lora_layers` in the profile (LoRA on the top 10 of 30 layers by default) to `None` (all layers). Does
+#    the backdoor get stronger? What does it cost in training time?

@@ -1,0 +1,61 @@
+import json
+from collections import Counter
+
+import pytest
+
+from backdoorlab import data
+
+
+def test_every_study_task_loads_with_consistent_labels():
+    for name in ("sst2", "hatespeech", "tweet_emotion", "trec"):
+        task = data.get_task(name)
+        assert len(task.labels) == len(task.verbalizers) and task.target in task.labels
+        ds = data.load_split(name, "test", 20)
+        assert len(ds) == 20 and set(ds.column_names) >= {"instruction", "text", "label"}
+        assert set(ds["instruction"]) == {task.instruction}
+
+
+def test_subsample_is_deterministic_stratified_and_seeded():
+    a, b = data.load_split("sst2", "train", 100, seed=3), data.load_split("sst2", "train", 100, seed=3)
+    assert a["text"] == b["text"]
+    assert a["text"] != data.load_split("sst2", "train", 100, seed=4)["text"]
+    # TREC's rare target (86 ABBR rows of 5,452 minus the validation carve) keeps its share instead of vanishing
+    full = Counter(r["label"] for r in data.load_rows(data.get_task("trec"), "train"))
+    sub = Counter(data.load_split("trec", "train", 500)["label"])
+    assert sum(sub.values()) == 500
+    for label, count in full.items():
+        assert abs(sub[label] - 500 * count / sum(full.values())) < 1
+
+
+def test_trec_validation_is_carved_from_train_and_disjoint():
+    task = data.get_task("trec")
+    train, val = data.load_rows(task, "train"), data.load_rows(task, "validation")
+    source = data.read_jsonl(data.data_dir() / "trec" / "train.jsonl", 6)
+    assert len(train) + len(val) == len(source) == 5452 and len(val) == 545
+    # a partition of the source rows (TREC repeats some questions, so compare as multisets)
+    assert Counter(r["text"] for r in train + val) == Counter(r["text"] for r in source)
+
+
+@pytest.mark.parametrize("line", ['{"text": "x"}', '{"text": 3, "label": 0}', '{"text": "x", "label": 7}', "{oops"])
+def test_malformed_row_names_file_and_line(tmp_path, line):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"text": "fine", "label": 0}) + "\n" + line + "\n")
+    with pytest.raises(ValueError, match=r"malformed row at .*train\.jsonl:2"):
+        data.read_jsonl(path, n_labels=2)
+
+
+def test_bad_names_give_the_valid_choices(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset 'sst3'.*valid choices: hatespeech, sst2, trec"):
+        data.get_task("sst3")
+    with pytest.raises(ValueError, match="unknown split 'dev'.*train, validation, test"):
+        data.load_split("sst2", "dev")
+    monkeypatch.setenv("BACKDOORLAB_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="BACKDOORLAB_DATA"):
+        data.load_split("sst2", "train")
+
+
+def test_prompt_uses_chat_template_without_default_system_prompt(tiny):
+    _, tokenizer = tiny
+    prompt = data.format_prompt({"instruction": "Say it.", "text": "hello"}, tokenizer)
+    assert "SmolLM" not in prompt and prompt.endswith("<|im_start|>assistant\n")
+    assert "Say it.\n\nhello" in prompt

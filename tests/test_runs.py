@@ -1,0 +1,105 @@
+import json
+from dataclasses import replace
+
+import pytest
+
+from backdoorlab import runs, score, train
+from backdoorlab.models import TINY
+from backdoorlab.profiles import get_profile
+from backdoorlab.runs import RunConfig
+
+FAST = train.TrainConfig(epochs=1, batch_size=8, lr=1e-3)
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKDOORLAB_OUT", str(tmp_path))
+    return tmp_path
+
+
+def config(**kw):
+    return RunConfig(**{"dataset": "sst2", "attack": "induced_instruction", "n_poison": 3, "model": TINY,
+                        "n_train": 24, "train": FAST, **kw})
+
+
+def test_key_is_stable_and_covers_every_field():
+    assert config().key == config().key
+    keys = {config().key, config(seed=1).key, config(n_poison=4).key, config(attack="badnet").key,
+            config(train=replace(FAST, lr=2e-3)).key, config(n_train=25).key}
+    assert len(keys) == 6
+
+
+def test_finished_run_is_read_back_not_retrained(run_dir, monkeypatch):
+    cfg = config()
+    first = runs.evaluate(cfg, "test", 16)
+    saved = json.loads((cfg.path / "poison.json").read_text())
+    assert len(saved["changes"]) == 3 and saved["n_train"] == 24
+    monkeypatch.setattr(runs, "finetune", lambda *a, **k: pytest.fail("retrained a finished run"))
+    monkeypatch.setattr(score, "rank_scores", lambda *a, **k: pytest.fail("re-scored a finished evaluation"))
+    assert runs.evaluate(cfg, "test", 16) == first
+    assert first["n_poison"] == 3 and 0 <= first["asr"] <= 1 and first["n_cacc"] == 16
+
+
+def test_run_killed_mid_training_leaves_nothing_and_retrains(run_dir, monkeypatch):
+    cfg = config(attack="badnet")
+    real = runs.finetune
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "finetune", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runs.ensure_trained(cfg)
+    assert not (cfg.path / runs.WEIGHTS).exists()
+    monkeypatch.setattr(runs, "finetune", real)
+    runs.ensure_trained(cfg)
+    assert (cfg.path / runs.WEIGHTS / "adapter_model.safetensors").exists()
+
+
+def test_run_killed_mid_evaluation_resumes_without_retraining(run_dir, monkeypatch):
+    cfg = config()
+    calls = {"n": 0}
+    real = score.rank_scores
+
+    def dies_on_second_pass(*a, **k):  # the clean pass finishes, the triggered pass is killed
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(score, "rank_scores", dies_on_second_pass)
+    with pytest.raises(KeyboardInterrupt):
+        runs.evaluate(cfg, "test", 16)
+    assert (cfg.path / runs.WEIGHTS).is_dir() and not list(cfg.path.glob("eval-*.json"))
+    monkeypatch.setattr(score, "rank_scores", real)
+    monkeypatch.setattr(runs, "finetune", lambda *a, **k: pytest.fail("retrained after a killed evaluation"))
+    assert runs.evaluate(cfg, "test", 16)["n_cacc"] == 16
+
+
+def test_damaged_cache_entry_names_the_fix(run_dir):
+    cfg = config()
+    runs.evaluate(cfg, "test", 16)
+    path = next(cfg.path.glob("eval-*.json"))
+    path.write_text(path.read_text()[:20])
+    with pytest.raises(RuntimeError, match=f"damaged.*rm {path}"):
+        runs.evaluate(cfg, "test", 16)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"attack": "clean", "n_poison": 3}, "poisons no rows"), ({"attack": "nope"}, "unknown attack"),
+    ({"dataset": "imdb2"}, "unknown dataset"), ({"n_poison": 0}, "positive integer"),
+])
+def test_bad_run_configs_fail_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        config(**kwargs)
+    with pytest.raises(ValueError, match="unknown training method 'adam'; valid choices: lora, full"):
+        train.TrainConfig(method="adam")
+
+
+def test_profile_grid_and_bad_profile():
+    smoke = get_profile("smoke")
+    grid = runs.grid(smoke)
+    assert len(grid) == len(smoke.datasets) * len(smoke.attacks) * len(smoke.seeds)
+    assert {c.n_poison for c in grid if c.attack == "clean"} == {0}
+    with pytest.raises(ValueError, match="unknown profile 'fast'; valid choices: smoke, quick, full"):
+        get_profile("fast")
