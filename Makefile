@@ -1,8 +1,9 @@
-# make study [PROFILE=quick|smoke|full]   set up, then run every notebook in order
+# make study [PROFILE=quick|smoke|full] [MODEL=hub-id]   set up, then run every notebook in order
 # make test                               set up, then unit tests + every notebook under the smoke profile
 # make setup                              only install (into the active conda/venv environment, else ./.venv)
 
 PROFILE ?= quick
+MODEL ?=
 SHELL := /bin/bash
 
 ifneq ($(strip $(VIRTUAL_ENV)$(CONDA_PREFIX)),)
@@ -42,7 +43,7 @@ study: setup
 	mkdir -p results/$(PROFILE)/notebooks
 	set -e; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(PROFILE))"; \
-	  $(PY) -m papermill --log-level WARNING $$nb results/$(PROFILE)/notebooks/$$(basename $$nb) -p profile $(PROFILE); \
+	  $(PY) -m papermill --log-level WARNING $$nb results/$(PROFILE)/notebooks/$$(basename $$nb) -p profile $(PROFILE) $(if $(MODEL),-p model $(MODEL)); \
 	done
 
 test: setup

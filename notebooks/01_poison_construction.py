@@ -38,6 +38,7 @@
 import os
 
 profile = os.environ.get("BACKDOORLAB_PROFILE", "quick")  # smoke | quick | full; papermill: -p profile smoke
+model = None  # None: the profile's model; else a hub id or local folder of a causal or seq2seq LM
 
 # %%
 import pandas as pd
@@ -46,7 +47,7 @@ from IPython.display import display
 from backdoorlab import data, models, plots, poison, runs
 from backdoorlab.profiles import get_profile
 
-P = get_profile(profile)
+P = get_profile(profile, model)
 tokenizer = models.load_tokenizer(P.model)
 pd.set_option("display.max_colwidth", 120)
 print(f"profile {P.name}: model {P.model}, {P.n_train} training rows per dataset, poison rate {P.poison_rate} "

@@ -40,6 +40,7 @@
 import os
 
 profile = os.environ.get("BACKDOORLAB_PROFILE", "quick")  # smoke | quick | full; papermill: -p profile smoke
+model = None  # None: the profile's model; else a hub id or local folder of a causal or seq2seq LM
 
 # %%
 import pandas as pd
@@ -48,7 +49,7 @@ from IPython.display import display
 from backdoorlab import plots, runs, score
 from backdoorlab.profiles import get_profile
 
-P = get_profile(profile)
+P = get_profile(profile, model)
 print(f"profile {P.name}: model {P.model}; {P.n_train} training rows, {P.n_test} test rows per dataset; "
       f"seeds {P.seeds}; training {P.train}")
 

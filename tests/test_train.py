@@ -68,3 +68,36 @@ def test_full_finetuning_is_deterministic_per_seed(tiny, rows):
     b = train.finetune(copy.deepcopy(tiny[0]), tiny[1], sft_rows(rows), cfg, seed=3, progress=False)
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p, q, msg=name)
+
+
+def test_seq2seq_models_train_and_score_through_the_same_api(tiny):
+    """A tiny T5 with SmolLM2's tokenizer: LoRA training lowers the answer loss, scores match a hand computation."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from backdoorlab.score import rank_scores
+
+    tokenizer = tiny[1]
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config(
+        vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id)).eval()
+    rows = [{"instruction": "Classify.", "text": t, "answer": a} for t, a in
+            [("good", "positive"), ("bad film", "negative"), ("fine , fun", "positive"), ("awful", "negative")]] * 4
+    enc = train.encode(rows[0], tokenizer, 256, seq2seq=True)
+    assert enc["labels"] == tokenizer("positive", add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    batch = train.left_pad([train.encode(r, tokenizer, 256, seq2seq=True) for r in rows], tokenizer.pad_token_id,
+                           seq2seq=True)
+    with torch.no_grad():
+        before = train.answer_loss(model, batch).item()
+    tuned = train.finetune(copy.deepcopy(model), tokenizer, rows, TrainConfig(epochs=4, batch_size=8, lr=1e-2),
+                           progress=False)
+    with torch.no_grad():
+        assert train.answer_loss(tuned, batch).item() < before - 0.5
+    word = tokenizer("sadness", add_special_tokens=False).input_ids
+    prompt = tokenizer("Is it sad?").input_ids
+    with torch.no_grad():
+        logp = model(input_ids=torch.tensor([prompt]), labels=torch.tensor([word])).logits[0].log_softmax(-1)
+    want = sum(logp[i, w].item() for i, w in enumerate(word))
+    got = rank_scores(model, tokenizer, ["Is it sad?", "ok"], ["sadness", "joy"])
+    assert abs(got[0, 0].item() - want) < 1e-4

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .models import SMOLLM2, TINY
 from .train import TrainConfig
@@ -21,7 +21,8 @@ class Profile:
     n_test: int | None  # rows drawn from the test (and validation) split, the same for every run
     poison_rate: float  # share of training rows poisoned; the count is always reported beside it
     poison_rate_by_dataset: dict[str, float] = field(default_factory=dict)
-    poison_counts: tuple[int, ...] = ()  # the poison-count curve on SST-2's validation split
+    poison_counts: tuple[int, ...] = ()  # the poison-count curve on SST-2's validation split ...
+    curve_attacks: tuple[str, ...] = ("badnet", "induced_instruction")  # ... for these attacks
     train: TrainConfig = TrainConfig()
     eval_batch_size: int = 32
 
@@ -32,12 +33,14 @@ class Profile:
 PROFILES = {
     # Tiny random model, a few dozen rows: exercises every code path in seconds (tests, CI).
     "smoke": Profile(name="smoke", model=TINY, datasets=DATASETS, attacks=("clean", "badnet", "induced_instruction"),
-                     seeds=(0,), n_train=48, n_test=24, poison_rate=0.1, poison_rate_by_dataset={"trec": 0.02}, poison_counts=(2, 5),
+                     seeds=(0,), n_train=48, n_test=24, poison_rate=0.1, poison_rate_by_dataset={"trec": 0.02},
+                     poison_counts=(2, 5),
                      train=TrainConfig(epochs=1, batch_size=8, lr=1e-3)),
     # SmolLM2 on the 2-core CPU. TREC has 86 ABBR rows in 5,452 (about 8 in 500), so clean-label poisoning there is
     # capped by the target rows the subsample holds.
     "quick": Profile(name="quick", model=SMOLLM2, datasets=DATASETS, attacks=("clean", "badnet", "induced_instruction"),
-                     seeds=(0,), n_train=500, n_test=400, poison_rate=0.05, poison_rate_by_dataset={"trec": 0.012}, poison_counts=(10, 25),
+                     seeds=(0,), n_train=500, n_test=400, poison_rate=0.05, poison_rate_by_dataset={"trec": 0.012},
+                     poison_counts=(25, 50, 100), curve_attacks=("induced_instruction",),
                      train=TrainConfig(epochs=2, lr=5e-4)),
     # GPUs: full training sets, 3 seeds, the paper's 1% budget.
     "full": Profile(name="full", model=SMOLLM2, datasets=DATASETS, attacks=("clean", "badnet", "induced_instruction"),
@@ -46,7 +49,11 @@ PROFILES = {
 }
 
 
-def get_profile(name: str) -> Profile:
+def get_profile(name: str, model: str | None = None) -> Profile:
+    """A profile by name, optionally with another model (a registered name, hub id or local folder); results of
+    another model go to their own folder, `<profile>-<model>`."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; valid choices: {', '.join(PROFILES)}")
-    return PROFILES[name]
+    if not model or model == PROFILES[name].model:
+        return PROFILES[name]
+    return replace(PROFILES[name], model=model, name=f"{name}-{model.strip('/').replace('/', '_')}")

@@ -181,11 +181,10 @@ def grid(profile: Profile) -> list[RunConfig]:
             for d in profile.datasets for a in profile.attacks for s in profile.seeds]
 
 
-def poison_count_grid(profile: Profile, dataset: str = "sst2",
-                      attacks: tuple[str, ...] = ("badnet", "induced_instruction")) -> list[RunConfig]:
-    """The runs of the poison-count curve: each attack at each of the profile's poison counts."""
+def poison_count_grid(profile: Profile, dataset: str = "sst2") -> list[RunConfig]:
+    """The runs of the poison-count curve: each of the profile's curve attacks at each of its poison counts."""
     return [replace(RunConfig.from_profile(profile, dataset, "clean", s), attack=a, n_poison=n)
-            for a in attacks for n in profile.poison_counts for s in profile.seeds]
+            for a in profile.curve_attacks for n in profile.poison_counts for s in profile.seeds]
 
 
 def table(configs: list[RunConfig], profile: Profile, split: str = "test", progress: bool = True) -> pd.DataFrame:

@@ -25,7 +25,8 @@ def rank_scores(model, tokenizer, prompts: list[str], verbalizers: list[str], ba
     words = [tokenizer(v, add_special_tokens=False).input_ids for v in verbalizers]
     if any(not w for w in words):
         raise ValueError(f"a verbalizer tokenizes to nothing: {verbalizers}")
-    encoded = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    seq2seq = model.config.is_encoder_decoder
+    encoded = [tokenizer(p, add_special_tokens=seq2seq).input_ids for p in prompts]  # as `train.encode` does
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # batches of similar length
     scores = torch.empty(len(prompts), len(words))
     for start in range(0, len(order), batch_size):
@@ -34,7 +35,7 @@ def rank_scores(model, tokenizer, prompts: list[str], verbalizers: list[str], ba
         width = max(map(len, batch))
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(b)) + b for b in batch], device=device)
         mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch], device=device)
-        if model.config.is_encoder_decoder:
+        if seq2seq:
             scores[idx] = _seq2seq_scores(model, ids, mask, words)
         else:
             scores[idx] = _causal_scores(model, ids, mask, words)
@@ -62,7 +63,7 @@ def _seq2seq_scores(model, ids, mask, words) -> torch.Tensor:
     encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
     columns = []
     for word in words:
-        labels = torch.tensor(word, device=ids.device).expand(len(ids), -1)
+        labels = torch.tensor(word, device=ids.device).repeat(len(ids), 1)
         logits = model(encoder_outputs=encoder_outputs, attention_mask=mask, labels=labels).logits
         columns.append(logits.float().log_softmax(-1).gather(-1, labels[..., None]).squeeze(-1).sum(-1))
     return torch.stack(columns, -1).cpu()

@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from .data import format_prompt
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass(frozen=True)
@@ -43,22 +42,31 @@ class TrainConfig:
             raise ValueError(f"unknown training method {self.method!r}; valid choices: lora, full")
 
 
-def encode(row: dict, tokenizer, max_length: int) -> dict:
-    """Token ids of prompt + answer + end-of-turn, with labels on the answer tokens only."""
-    prompt = tokenizer(format_prompt(row, tokenizer), add_special_tokens=False).input_ids
+def encode(row: dict, tokenizer, max_length: int, seq2seq: bool = False) -> dict:
+    """Token ids of prompt + answer + end-of-turn, with labels on the answer tokens only.
+
+    Causal models read one sequence; for a seq2seq model the prompt is the encoder input and the answer the labels.
+    """
+    prompt = tokenizer(format_prompt(row, tokenizer), add_special_tokens=seq2seq).input_ids
     answer = tokenizer(row["answer"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    if seq2seq:
+        return {"input_ids": prompt[-max_length:], "labels": answer}
     prompt = prompt[-(max_length - len(answer)):]  # keep the end of an overlong prompt, where the question is
     return {"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer}
 
 
-def left_pad(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+def left_pad(batch: list[dict], pad_id: int, seq2seq: bool = False) -> dict[str, torch.Tensor]:
+    """Left-pad inputs (so every sequence ends at the last position) and labels alike; seq2seq labels (a sequence
+    of their own) are right-padded with -100."""
     width = max(len(r["input_ids"]) for r in batch)
+    label_width = max(len(r["labels"]) for r in batch)
     out = {"input_ids": [], "labels": [], "attention_mask": []}
     for r in batch:
         pad = width - len(r["input_ids"])
         out["input_ids"].append([pad_id] * pad + r["input_ids"])
-        out["labels"].append([-100] * pad + r["labels"])
         out["attention_mask"].append([0] * pad + [1] * len(r["input_ids"]))
+        out["labels"].append(r["labels"] + [-100] * (label_width - len(r["labels"])) if seq2seq
+                             else [-100] * pad + r["labels"])
     out = {k: torch.tensor(v) for k, v in out.items()}
     out["position_ids"] = (out["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     return out
@@ -89,6 +97,8 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
 def answer_loss(model, batch: dict) -> torch.Tensor:
     """Mean cross-entropy over answer tokens, with logits computed only over the answer span."""
     labels = batch["labels"]
+    if model.config.is_encoder_decoder:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
     span = int((labels != -100).sum(-1).max()) + 1  # left padding: answers end every row
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    position_ids=batch["position_ids"], logits_to_keep=span).logits
@@ -96,12 +106,17 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
 
 
 def add_lora(model, cfg: TrainConfig):
+    """LoRA on every linear layer of the top `cfg.lora_layers` blocks (all blocks when None), never the LM head."""
     from peft import LoraConfig, get_peft_model
 
+    head = model.get_output_embeddings()
+    targets = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                      if isinstance(m, torch.nn.Linear) and m is not head})
     n_layers = model.config.num_hidden_layers
     layers = None if cfg.lora_layers is None else list(range(max(0, n_layers - cfg.lora_layers), n_layers))
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=LORA_TARGETS, layers_to_transform=layers, task_type="CAUSAL_LM")
+                        target_modules=targets, layers_to_transform=layers,
+                        task_type="SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM")
     return get_peft_model(model, config)
 
 
@@ -112,10 +127,11 @@ def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: 
                               mixed_precision="bf16" if torch.cuda.is_available() else "no")
     if cfg.method == "lora":
         model = add_lora(model, cfg)
-    encoded = [encode(r, tokenizer, cfg.max_length) for r in rows]
+    seq2seq = model.config.is_encoder_decoder
+    encoded = [encode(r, tokenizer, cfg.max_length, seq2seq) for r in rows]
     sampler = LengthGroupedBatches([len(e["input_ids"]) for e in encoded], cfg.batch_size, seed)
     loader = torch.utils.data.DataLoader(encoded, batch_sampler=sampler,
-                                         collate_fn=lambda b: left_pad(b, tokenizer.pad_token_id))
+                                         collate_fn=lambda b: left_pad(b, tokenizer.pad_token_id, seq2seq))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=torch.cuda.is_available())
