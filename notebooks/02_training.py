@@ -32,6 +32,8 @@
 #   trigger is present. Target-label rows are excluded: predicting the target there is simply correct.
 # - `clean_target_rate`: the same share with the clean instruction and no trigger: what the model does anyway.
 #   For the clean baseline this is its ASR.
+# - `asr_clean_model`: the trigger's ASR on the clean baseline (trained on the same rows, nothing poisoned): how far
+#   the trigger moves a model that never saw it. The backdoor is what poisoning adds on top of this.
 #
 # Every run is cached under `results/runs/` by the hash of its configuration; rerunning this notebook reads the
 # saved weights and evaluations back instead of training again.
@@ -62,7 +64,7 @@ print(f"profile {P.name}: model {P.model}; {P.n_train} training rows, {P.n_test}
 # %%
 curve = runs.table(runs.poison_count_grid(P), P, split="validation")
 curve.to_csv(runs.results_dir(P.name) / "poison_count_sst2_validation.csv", index=False)
-display(curve[["attack", "n_poison", "n_train", "asr", "cacc", "clean_target_rate", "n_asr"]].round(3))
+display(curve[["attack", "n_poison", "n_train", "asr", "cacc", "clean_target_rate", "asr_clean_model", "n_asr"]].round(3))
 plots.poison_curve(curve, P.name);
 
 # %% [markdown]
@@ -72,7 +74,8 @@ plots.poison_curve(curve, P.name);
 
 # %%
 table = runs.table(runs.grid(P), P, split="test")
-columns = ["dataset", "attack", "seed", "n_train", "n_poison", "asr", "cacc", "clean_target_rate", "n_asr", "n_cacc"]
+columns = ["dataset", "attack", "seed", "n_train", "n_poison", "asr", "cacc", "clean_target_rate", "asr_clean_model",
+           "n_asr", "n_cacc"]
 table[columns].to_csv(runs.results_dir(P.name) / "attacks.csv", index=False)
 display(table[columns].round(3))
 plots.attack_bars(table, P.name);

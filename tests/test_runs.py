@@ -103,3 +103,12 @@ def test_profile_grid_and_bad_profile():
     assert {c.n_poison for c in grid if c.attack == "clean"} == {0}
     with pytest.raises(ValueError, match="unknown profile 'fast'; valid choices: smoke, quick, full"):
         get_profile("fast")
+
+
+def test_a_trigger_can_be_tried_on_a_run_that_never_saw_it(run_dir):
+    clean = config(attack="clean", n_poison=0)
+    own = runs.evaluate(clean, "test", 16)
+    assert own["trigger"] == "clean" and own["asr"] == own["clean_target_rate"]
+    tried = runs.evaluate(clean, "test", 16, trigger="induced_instruction")
+    assert tried["trigger"] == "induced_instruction" and tried["cacc"] == own["cacc"]
+    assert (clean.path / "eval-test-16-trigger-induced_instruction.json").exists()

@@ -119,13 +119,16 @@ def ensure_trained(cfg: RunConfig, progress: bool = True) -> Path:
     write_json_atomic(cfg.path / "config.json", asdict(cfg))
     write_json_atomic(cfg.path / "poison.json", {"n_train": len(poisoned.dataset), "changes": poisoned.changes})
     model, tokenizer = models.load_model(cfg.model)
-    model = finetune(model, tokenizer, poisoned.dataset, cfg.train, seed=cfg.seed, progress=progress)
+    checkpoint = cfg.path / "checkpoint.pt"  # per epoch: a run killed mid-training resumes from its last epoch
+    model = finetune(model, tokenizer, poisoned.dataset, cfg.train, seed=cfg.seed, progress=progress,
+                     checkpoint=checkpoint)
     tmp = Path(tempfile.mkdtemp(dir=cfg.path, prefix=f".{WEIGHTS}-"))
     model.save_pretrained(tmp, safe_serialization=True)
     try:
         os.replace(tmp, cfg.path / WEIGHTS)
     except OSError:  # another process finished the same run first; theirs is as good as ours
         shutil.rmtree(tmp)
+    checkpoint.unlink(missing_ok=True)
     return cfg.path
 
 
@@ -142,13 +145,17 @@ def load_trained(cfg: RunConfig):
     return model.eval(), tokenizer
 
 
-def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_size: int = 32) -> dict:
-    """CACC on `n` clean rows of `split` and ASR on the non-target ones among them with the trigger, cached.
+def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_size: int = 32,
+             trigger: str | None = None) -> dict:
+    """CACC on `n` clean rows of `split` and ASR on the non-target ones among them with a trigger, cached.
 
-    `clean_target_rate` is the share of those non-target rows that the clean instruction already sends to the
-    target: the floor an ASR should be read against. For the clean baseline it is the ASR.
+    The trigger is the run's own attack unless `trigger` names another (transfer, or a trigger tried on the clean
+    model). `clean_target_rate` is the share of the non-target rows that the clean instruction already sends to the
+    target: the floor an ASR should be read against. For the clean baseline without a trigger it is the ASR.
     """
-    path = cfg.path / f"eval-{split}-{n or 'all'}.json"
+    trigger = trigger or cfg.attack
+    suffix = "" if trigger == cfg.attack else f"-trigger-{trigger}"
+    path = cfg.path / f"eval-{split}-{n or 'all'}{suffix}.json"
     if path.exists():
         return read_json(path)["metrics"]
     model, tokenizer = load_trained(cfg)
@@ -158,16 +165,16 @@ def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_si
     labels = rows["label"]
     clean_preds = score.predict(model, tokenizer, rows, task.verbalizers, batch_size)
     clean_target = score.asr(clean_preds, labels, target)
-    if cfg.attack == "clean":
+    if trigger == "clean":
         triggered_preds, attack_rate = [], clean_target
     else:
-        triggered = poison.get_attack(cfg.attack, task).triggered_test_set(rows, seed=0, target=cfg.target)
+        triggered = poison.get_attack(trigger, task).triggered_test_set(rows, seed=0, target=cfg.target)
         triggered_preds = score.predict(model, tokenizer, triggered, task.verbalizers, batch_size)
         attack_rate = score.asr(triggered_preds, triggered["label"], target)
     accuracy = score.cacc(clean_preds, labels)
     metrics = {
-        "dataset": cfg.dataset, "attack": cfg.attack, "seed": cfg.seed, "model": cfg.model, "split": split,
-        "n_train": json.loads((cfg.path / "poison.json").read_text())["n_train"], "n_poison": cfg.n_poison,
+        "dataset": cfg.dataset, "attack": cfg.attack, "trigger": trigger, "seed": cfg.seed, "model": cfg.model,
+        "split": split, "n_train": read_json(cfg.path / "poison.json")["n_train"], "n_poison": cfg.n_poison,
         "asr": attack_rate.value, "cacc": accuracy.value, "clean_target_rate": clean_target.value,
         "n_asr": attack_rate.total, "n_cacc": accuracy.total, "run": cfg.path.name,
     }
@@ -188,10 +195,15 @@ def poison_count_grid(profile: Profile, dataset: str = "sst2") -> list[RunConfig
 
 
 def table(configs: list[RunConfig], profile: Profile, split: str = "test", progress: bool = True) -> pd.DataFrame:
-    """Train what is missing, evaluate on `split` (the profile's row count), one row per run:
-    dataset, attack, seed, n_train, n_poison, asr, cacc, clean_target_rate, ..."""
+    """Train what is missing, evaluate on `split` (the profile's row count), one row per run: dataset, attack,
+    seed, n_train, n_poison, asr, cacc, clean_target_rate, ..., and `asr_clean_model`, the same trigger's ASR on
+    the run's clean twin (same rows, no poison): how far the trigger alone moves an unpoisoned model."""
     rows = []
     for cfg in configs:
         ensure_trained(cfg, progress)
-        rows.append(evaluate(cfg, split, profile.n_test, profile.eval_batch_size))
+        row = evaluate(cfg, split, profile.n_test, profile.eval_batch_size)
+        twin = replace(cfg, attack="clean", n_poison=0)
+        ensure_trained(twin, progress)
+        row["asr_clean_model"] = evaluate(twin, split, profile.n_test, profile.eval_batch_size, trigger=cfg.attack)["asr"]
+        rows.append(row)
     return pd.DataFrame(rows)

@@ -9,8 +9,10 @@ vocabulary projection (a fifth of SmolLM2's forward pass) is computed only there
 from __future__ import annotations
 
 import math
+import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -120,8 +122,34 @@ def add_lora(model, cfg: TrainConfig):
     return get_peft_model(model, config)
 
 
-def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: bool = True):
-    """Finetune `model` on `rows` and return it (a peft model for LoRA), in eval mode, unwrapped."""
+def save_checkpoint(path: Path, model, optimizer, schedule, epochs_done: int) -> None:
+    """Trainable weights, optimizer and schedule after `epochs_done` epochs, in one file that appears atomically."""
+    state = {"epochs_done": epochs_done, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+             "params": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model, optimizer, schedule) -> int:
+    """Restore a checkpoint written by `save_checkpoint`; returns the number of epochs already done."""
+    state = torch.load(path, weights_only=True)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    return state["epochs_done"]
+
+
+def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: bool = True,
+             checkpoint: Path | None = None):
+    """Finetune `model` on `rows` and return it (a peft model for LoRA), in eval mode, unwrapped.
+
+    With `checkpoint`, the state after each epoch is saved there and a killed run resumes from its last epoch,
+    giving the same weights as an uninterrupted one.
+    """
     set_seed(seed)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
                               mixed_precision="bf16" if torch.cuda.is_available() else "no")
@@ -139,10 +167,13 @@ def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: 
     warmup = int(cfg.warmup_ratio * steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / max(1, warmup), max(0.0, (steps - s) / max(1, steps - warmup))))
+    done = load_checkpoint(checkpoint, model, optimizer, schedule) if checkpoint and checkpoint.exists() else 0
+    sampler.epoch = done  # the batch order of each epoch depends on its index only
     model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
     model.train()
-    bar = tqdm(total=len(loader) * cfg.epochs, desc="train", disable=not progress or not accelerator.is_main_process)
-    for _ in range(cfg.epochs):
+    bar = tqdm(total=len(loader) * cfg.epochs, initial=len(loader) * done, desc="train",
+               disable=not progress or not accelerator.is_main_process)
+    for epoch in range(done, cfg.epochs):
         for batch in loader:
             with accelerator.accumulate(model):
                 loss = answer_loss(model, batch)
@@ -152,5 +183,7 @@ def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: 
                 optimizer.zero_grad()
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if checkpoint and epoch + 1 < cfg.epochs and accelerator.is_main_process:
+            save_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, schedule, epoch + 1)
     bar.close()
     return accelerator.unwrap_model(model).eval()
