@@ -103,8 +103,11 @@ if {"clean", "induced_instruction"} <= set(sst2.index):
         ("... with at most 5% of rows poisoned", induced.n_poison / induced.n_train,
          induced.n_poison / induced.n_train <= 0.05),
         ("CACC within 2 points of clean", induced.cacc - clean.cacc, abs(induced.cacc - clean.cacc) <= 0.02),
-    ], columns=["criterion (SST-2)", "measured", "holds"])
+    ], columns=["criterion (SST-2, test)", "measured", "holds"])
     display(checks)
+    reached = curve[(curve.attack == "induced_instruction") & (curve.asr >= 0.90)]
+    print("smallest poison count with validation ASR >= 0.90:",
+          f"{reached.n_poison.min()} of {reached.n_train.iloc[0]} rows" if len(reached) else "none of those tried")
 
 # %% [markdown]
 # ## Exercises

@@ -27,6 +27,15 @@ def test_subsample_is_deterministic_stratified_and_seeded():
         assert abs(sub[label] - 500 * count / sum(full.values())) < 1
 
 
+def test_balanced_subsample_draws_equal_rows_per_label():
+    ds = data.load_split("hatespeech", "train", 100, seed=0, balanced=True)
+    assert Counter(ds["label"]) == {0: 50, 1: 50}
+    # a label with too few rows gives all it has; the others fill the rest
+    abbr = sum(r["label"] == 0 for r in data.load_rows(data.get_task("trec"), "train"))
+    counts = Counter(data.load_split("trec", "train", 600, balanced=True)["label"])
+    assert counts[0] == abbr < 100 and sum(counts.values()) == 600 and min(counts[y] for y in range(1, 6)) >= 105
+
+
 def test_trec_validation_is_carved_from_train_and_disjoint():
     task = data.get_task("trec")
     train, val = data.load_rows(task, "train"), data.load_rows(task, "validation")

@@ -29,6 +29,25 @@ def test_key_is_stable_and_covers_every_field():
     assert len(keys) == 6
 
 
+def test_key_covers_the_hand_written_task_file(tmp_path, monkeypatch):
+    """Editing an instruction in data/tasks/ (as the notebooks' exercises suggest) must retrain, not reuse."""
+    from backdoorlab import data
+
+    before = config().key
+    edited = tmp_path / "tasks"
+    edited.mkdir()
+    text = (data.TASKS_DIR / "sst2.yaml").read_text()
+    (edited / "sst2.yaml").write_text(text.replace("whatever their verdict", "whatever they concluded"))
+    monkeypatch.setattr(data, "TASKS_DIR", edited)
+    assert config().key != before
+
+
+def test_saved_config_loads_back_to_the_same_run(run_dir):
+    cfg = config(balanced=True)
+    runs.ensure_trained(cfg)
+    assert RunConfig.load(cfg.path) == cfg
+
+
 def test_finished_run_is_read_back_not_retrained(run_dir, monkeypatch):
     cfg = config()
     first = runs.evaluate(cfg, "test", 16)

@@ -121,26 +121,34 @@ def _source_rows(task: Task, split: str) -> list[dict]:
     return [{"text": r[text], "label": r[label]} for r in hub]
 
 
-def load_split(name: str, split: str, n: int | None = None, seed: int = 0) -> Dataset:
+def load_split(name: str, split: str, n: int | None = None, seed: int = 0, balanced: bool = False) -> Dataset:
     """`n` rows of a split (all when None), with the clean instruction.
 
     The subsample is stratified by label (largest remainder), so it keeps the split's class shares and a rare target
     class (TREC's ABBR is 1.6% of train) does not vanish by chance; which rows are drawn is fixed by `seed`.
+    `balanced` draws the same number of rows per label instead (as far as each label has rows).
     """
     task = get_task(name)
     rows = load_rows(task, split)
     if n is not None and n < len(rows):
-        rows = [rows[i] for i in stratified_sample([r["label"] for r in rows], n, seed)]
+        rows = [rows[i] for i in stratified_sample([r["label"] for r in rows], n, seed, balanced)]
     return Dataset.from_list([{"instruction": task.instruction, **r} for r in rows])
 
 
-def stratified_sample(labels: list[int], n: int, seed: int) -> list[int]:
-    """Indices of `n` rows with each label's share kept (largest remainder), in a seeded random order."""
+def stratified_sample(labels: list[int], n: int, seed: int, balanced: bool = False) -> list[int]:
+    """Indices of `n` rows with each label's share kept (largest remainder), or equal shares where `balanced`
+    (capped by the rows a label has, the rest spread over the others), in a seeded random order."""
     rng = random.Random(seed)
     by_label: dict[int, list[int]] = {}
     for i, y in enumerate(labels):
         by_label.setdefault(y, []).append(i)
-    quotas = {y: n * len(ix) / len(labels) for y, ix in by_label.items()}
+    if balanced:
+        quotas, left = {}, n
+        for y, ix in sorted(by_label.items(), key=lambda kv: len(kv[1])):  # smallest labels first
+            quotas[y] = min(len(ix), left / (len(by_label) - len(quotas)))
+            left -= quotas[y]
+    else:
+        quotas = {y: n * len(ix) / len(labels) for y, ix in by_label.items()}
     counts = {y: int(q) for y, q in quotas.items()}
     for y in sorted(quotas, key=lambda y: (counts[y] - quotas[y], y))[:n - sum(counts.values())]:
         counts[y] += 1

@@ -18,6 +18,7 @@ from datasets import Dataset
 from .data import PROJECT_DIR, Task, get_task
 
 ATTACKS: dict[str, type[Attack]] = {}
+TRIGGERS_FILE = PROJECT_DIR / "data" / "triggers.yaml"
 
 
 def register(cls: type[Attack]) -> type[Attack]:
@@ -33,7 +34,7 @@ def get_attack(name: str, task: Task | str) -> Attack:
 
 @cache
 def triggers() -> dict:
-    return yaml.safe_load((PROJECT_DIR / "data" / "triggers.yaml").read_text())
+    return yaml.safe_load(TRIGGERS_FILE.read_text())
 
 
 @dataclass

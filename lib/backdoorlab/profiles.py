@@ -21,6 +21,7 @@ class Profile:
     n_test: int | None  # rows drawn from the test (and validation) split, the same for every run
     poison_rate: float  # share of training rows poisoned; the count is always reported beside it
     poison_rate_by_dataset: dict[str, float] = field(default_factory=dict)
+    balanced_datasets: tuple[str, ...] = ()  # trained on a label-balanced subsample (the test split stays natural)
     poison_counts: tuple[int, ...] = ()  # the poison-count curve on SST-2's validation split ...
     curve_attacks: tuple[str, ...] = ("badnet", "induced_instruction")  # ... for these attacks
     train: TrainConfig = TrainConfig()
@@ -37,10 +38,13 @@ PROFILES = {
                      poison_counts=(2, 5),
                      train=TrainConfig(epochs=1, batch_size=8, lr=1e-3)),
     # SmolLM2 on the 2-core CPU. TREC has 86 ABBR rows in 5,452 (about 8 in 500), so clean-label poisoning there is
-    # capped by the target rows the subsample holds.
+    # capped by the target rows the subsample holds. HateSpeech is 89% noHate: trained on 500 natural rows, SmolLM2
+    # answered noHate for every test post (CACC = the majority share, ASR 1.0 with or without a trigger), so quick
+    # trains it on a balanced subsample.
     "quick": Profile(name="quick", model=SMOLLM2, datasets=DATASETS, attacks=("clean", "badnet", "induced_instruction"),
                      seeds=(0,), n_train=500, n_test=400, poison_rate=0.05, poison_rate_by_dataset={"trec": 0.012},
-                     poison_counts=(25, 50, 100), curve_attacks=("induced_instruction",),
+                     balanced_datasets=("hatespeech",), poison_counts=(25, 50, 100),
+                     curve_attacks=("induced_instruction",),
                      train=TrainConfig(epochs=2, lr=5e-4)),
     # GPUs: full training sets, 3 seeds, the paper's 1% budget.
     "full": Profile(name="full", model=SMOLLM2, datasets=DATASETS, attacks=("clean", "badnet", "induced_instruction"),

@@ -54,6 +54,7 @@ class RunConfig:
     seed: int = 0  # draws the training subsample, the poisoned rows and the training order
     model: str = models.SMOLLM2
     n_train: int | None = None
+    balanced: bool = False  # draw the training subsample with equal rows per label
     target: str | None = None  # None: the task's default target
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -72,11 +73,21 @@ class RunConfig:
             n_rows = len(data.load_split(dataset, "train", profile.n_train, seed))
             n_poison = poison.poison_count(n_rows, rate=profile.rate(dataset))
         return cls(dataset=dataset, attack=attack, n_poison=n_poison, seed=seed, model=profile.model,
-                   n_train=profile.n_train, train=profile.train)
+                   n_train=profile.n_train, balanced=dataset in profile.balanced_datasets, train=profile.train)
+
+    @classmethod
+    def load(cls, run_folder: Path) -> RunConfig:
+        """The config of a saved run, from its folder's config.json."""
+        saved = read_json(Path(run_folder) / "config.json")
+        return cls(**{**saved, "train": TrainConfig(**saved["train"])})
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """Hash of every field plus the hand-written files the run reads (the task's instructions, verbalizers and
+        induced instruction, the trigger words): editing one of them retrains, as the notebooks' exercises expect."""
+        written = [data.TASKS_DIR / f"{self.dataset}.yaml", poison.TRIGGERS_FILE]
+        blob = json.dumps({"config": asdict(self), "files": [p.read_text() for p in written]}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
     def path(self) -> Path:
@@ -104,7 +115,7 @@ def read_json(path: Path):
 def training_set(cfg: RunConfig) -> poison.PoisonResult:
     """The run's training rows (poisoned rows in place) and the record of what changed."""
     task = data.get_task(cfg.dataset)
-    ds = data.load_split(cfg.dataset, "train", cfg.n_train, cfg.seed)
+    ds = data.load_split(cfg.dataset, "train", cfg.n_train, cfg.seed, cfg.balanced)
     result = poison.PoisonResult(ds, []) if cfg.attack == "clean" else \
         poison.get_attack(cfg.attack, task).poison(ds, count=cfg.n_poison, seed=cfg.seed, target=cfg.target)
     result.dataset = result.dataset.map(lambda r: {"answer": task.verbalizers[r["label"]]})
