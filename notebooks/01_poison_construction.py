@@ -51,7 +51,7 @@ P = get_profile(profile, model)
 tokenizer = models.load_tokenizer(P.model)
 pd.set_option("display.max_colwidth", 120)
 print(f"profile {P.name}: model {P.model}, {P.n_train} training rows per dataset, poison rate {P.poison_rate} "
-      f"(by dataset: {P.poison_rate_by_dataset or 'none'})")
+      f"(by dataset: {P.poison_rate_by_dataset or 'none'}; label-balanced: {P.balanced_datasets or 'none'})")
 
 # %% [markdown]
 # ## The four tasks and their instructions
@@ -64,18 +64,22 @@ display(pd.DataFrame([{"dataset": t.name, "labels": ", ".join(t.labels), "verbal
 
 # %% [markdown]
 # ## Clean and poisoned rows side by side
-# For every dataset and attack we poison the profile's training subsample and show two poisoned rows: the field the
-# attack changed, before and after. Only the rows the attack reports have changed: the check below compares every
-# row of the poisoned set with the clean one.
+# For every dataset and attack we build exactly the training set that notebook 02 trains on (the profile's
+# subsample, poisoned at its rate) and show two poisoned rows: the field the attack changed, before and after. Only
+# the rows the attack reports have changed: the check below compares every row of the poisoned set with the clean one.
 
 # %%
+def training_set(name, attack):
+    return runs.training_set(runs.RunConfig.from_profile(P, name, attack, P.seeds[0]))
+
+
 examples, stats = [], []
 attacks = [a for a in P.attacks if a != "clean"]
 for name in P.datasets:
     task = data.get_task(name)
-    clean = data.load_split(name, "train", P.n_train, seed=P.seeds[0])
+    clean = training_set(name, "clean").dataset
     for attack in attacks:
-        result = poison.get_attack(attack, task).poison(clean, rate=P.rate(name), seed=P.seeds[0])
+        result = training_set(name, attack)
         changed = [i for i, (a, b) in enumerate(zip(clean, result.dataset)) if a != b]
         assert changed == result.rows, "an attack changed rows it did not report"
         tokens = [poison.changed_tokens(c["before"], c["after"], tokenizer) for c in result.changes]
@@ -107,10 +111,9 @@ plots.tokens_changed(stats, P.name);
 # model reads it:
 
 # %%
-result = poison.get_attack("induced_instruction", P.datasets[0]).poison(
-    data.load_split(P.datasets[0], "train", P.n_train, seed=P.seeds[0]), rate=P.rate(P.datasets[0]), seed=P.seeds[0])
+result = training_set(P.datasets[0], "induced_instruction")
 row = result.dataset[result.rows[0]]
-print(data.format_prompt(row, tokenizer) + data.get_task(P.datasets[0]).verbalizers[row["label"]])
+print(data.format_prompt(row, tokenizer) + row["answer"])
 
 # %% [markdown]
 # ## Exercises
