@@ -86,7 +86,9 @@ plots.attack_bars(table, P.name);
 # sampling interval of each rate over its test rows (Wilson, 95%). Read small differences with both in mind.
 
 # %%
-display(score.summarize(table).round(3))
+summary = score.summarize(table)
+summary.to_csv(runs.results_dir(P.name) / "attacks_summary.csv", index=False)
+display(summary.round(3))
 
 # %% [markdown]
 # ## 4 · What the foundation issue asked of the `quick` run, checked on the numbers above

@@ -52,3 +52,6 @@ def test_02_training_writes_the_attack_table():
     assert table[["asr", "cacc"]].apply(lambda s: s.between(0, 1)).all().all()
     assert (table[table.attack == "clean"].n_poison == 0).all() and (table[table.attack != "clean"].n_poison > 0).all()
     assert (OUT / "figures" / "smoke" / "attacks.png").stat().st_size > 0
+    summary = pd.read_csv(OUT / "results" / "smoke" / "attacks_summary.csv")
+    assert len(summary) == len(smoke.datasets) * len(smoke.attacks)
+    assert (summary.seeds == len(smoke.seeds)).all() and (summary.asr_lo <= summary.asr).all()
