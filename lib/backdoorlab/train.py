@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 from .data import format_prompt
 
 
-
 @dataclass(frozen=True)
 class TrainConfig:
     method: str = "lora"  # "lora" or "full"
