@@ -131,3 +131,32 @@ def test_a_trigger_can_be_tried_on_a_run_that_never_saw_it(run_dir):
     tried = runs.evaluate(clean, "test", 16, trigger="induced_instruction")
     assert tried["trigger"] == "induced_instruction" and tried["cacc"] == own["cacc"]
     assert (clean.path / "eval-test-16-trigger-induced_instruction.json").exists()
+
+
+def test_shards_partition_the_study_by_run():
+    profile = get_profile("smoke")
+    jobs = [job for configs, split in runs.study(profile) for job in runs.evaluations(configs, split)]
+    shards = [runs.shard(profile, i, 3) for i in range(3)]
+    assert sorted(map(str, sum(shards, []))) == sorted(map(str, set(jobs)))  # every evaluation exactly once
+    owners = [{cfg.key for cfg, _, _ in s} for s in shards]
+    assert all(o for o in owners) and not (owners[0] & owners[1] or owners[0] & owners[2] or owners[1] & owners[2])
+    with pytest.raises(ValueError, match="0 <= index < count"):
+        runs.shard(profile, 3, 3)
+
+
+def test_two_shards_side_by_side_finish_the_study_once(run_dir, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "BACKDOORLAB_OUT": str(run_dir), "OMP_NUM_THREADS": "1"}  # two processes, two cores
+    procs = [subprocess.Popen([sys.executable, "-m", "backdoorlab.runs", "launch", "--profile", "smoke",
+                               "--shard", f"{i}/2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    profile = get_profile("smoke")
+    monkeypatch.setattr(runs, "finetune", lambda *a, **k: pytest.fail("a run was left for the notebooks to train"))
+    for configs, split in runs.study(profile):  # everything is cached now: the notebooks only read
+        table = runs.table(configs, profile, split, progress=False)
+        assert len(table) == len(configs) and table.asr.notna().all()

@@ -16,12 +16,13 @@ def hand_loglik(model, tokenizer, prompt: str, word: str) -> float:
     return sum(logp[len(p) - 1 + k, t].item() for k, t in enumerate(w))
 
 
-def test_rank_scores_match_hand_computed_loglikelihood(tiny):
+@pytest.mark.parametrize("n_frozen", [0, 1])  # 1: the bottom layer is read from cached frozen states
+def test_rank_scores_match_hand_computed_loglikelihood(tiny, n_frozen):
     model, tokenizer = tiny
     prompts = ["Is it good?\nyes it is", "Short", "A much longer prompt with many more words in it than the others"]
-    words = ["positive", "sadness", "abbreviation"]  # 1, 3 and 3 tokens: the cache-continuation path too
+    words = ["positive", "sadness", "abbreviation"]  # 1, 3 and 3 tokens: the continuation passes too
     assert [len(tokenizer(w, add_special_tokens=False).input_ids) for w in words] == [1, 3, 3]
-    got = score.rank_scores(model, tokenizer, prompts, words, batch_size=2)  # batches mix lengths: padding matters
+    got = score.rank_scores(model, tokenizer, prompts, words, batch_size=2, n_frozen=n_frozen)  # mixed padding
     want = torch.tensor([[hand_loglik(model, tokenizer, p, w) for w in words] for p in prompts])
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 

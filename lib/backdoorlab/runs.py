@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from . import data, models, poison, score
 from .profiles import Profile
@@ -144,7 +145,8 @@ def ensure_trained(cfg: RunConfig, progress: bool = True) -> Path:
 
 
 def load_trained(cfg: RunConfig):
-    """(model, tokenizer) of a trained run, LoRA merged into the base weights for fast inference."""
+    """(model, tokenizer) of a trained run, LoRA merged into the base weights for fast inference, on the GPU
+    when there is one."""
     weights = ensure_trained(cfg) / WEIGHTS
     model, tokenizer = models.load_model(cfg.model)
     if (weights / "adapter_config.json").exists():
@@ -153,7 +155,7 @@ def load_trained(cfg: RunConfig):
         model = PeftModel.from_pretrained(model, weights).merge_and_unload()
     else:
         model = type(model).from_pretrained(weights)
-    return model.eval(), tokenizer
+    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
 
 
 def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_size: int = 32,
@@ -174,13 +176,14 @@ def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_si
     target = task.labels.index(cfg.target) if cfg.target else task.target_id
     rows = data.load_split(cfg.dataset, split, n, seed=0)
     labels = rows["label"]
-    clean_preds = score.predict(model, tokenizer, rows, task.verbalizers, batch_size)
+    n_frozen = cfg.train.frozen_layers(model.config.num_hidden_layers)  # shared by every run of this model
+    clean_preds = score.predict(model, tokenizer, rows, task.verbalizers, batch_size, n_frozen)
     clean_target = score.asr(clean_preds, labels, target)
     if trigger == "clean":
         triggered_preds, attack_rate = [], clean_target
     else:
         triggered = poison.get_attack(trigger, task).triggered_test_set(rows, seed=0, target=cfg.target)
-        triggered_preds = score.predict(model, tokenizer, triggered, task.verbalizers, batch_size)
+        triggered_preds = score.predict(model, tokenizer, triggered, task.verbalizers, batch_size, n_frozen)
         attack_rate = score.asr(triggered_preds, triggered["label"], target)
     accuracy = score.cacc(clean_preds, labels)
     metrics = {
@@ -205,16 +208,86 @@ def poison_count_grid(profile: Profile, dataset: str = "sst2") -> list[RunConfig
             for a in profile.curve_attacks for n in profile.poison_counts for s in profile.seeds]
 
 
+def clean_twin(cfg: RunConfig) -> RunConfig:
+    """The run on the same rows with nothing poisoned."""
+    return replace(cfg, attack="clean", n_poison=0)
+
+
+def evaluations(configs: list[RunConfig], split: str) -> list[tuple[RunConfig, str, str]]:
+    """(run, split, trigger) of every evaluation a table of `configs` reads: each run with its own trigger, and its
+    clean twin with that trigger (how far the trigger alone moves an unpoisoned model)."""
+    jobs = [(c, split, c.attack) for cfg in configs for c in (cfg, clean_twin(cfg))]
+    return list(dict.fromkeys(jobs))
+
+
 def table(configs: list[RunConfig], profile: Profile, split: str = "test", progress: bool = True) -> pd.DataFrame:
     """Train what is missing, evaluate on `split` (the profile's row count), one row per run: dataset, attack,
     seed, n_train, n_poison, asr, cacc, clean_target_rate, ..., and `asr_clean_model`, the same trigger's ASR on
-    the run's clean twin (same rows, no poison): how far the trigger alone moves an unpoisoned model."""
+    the run's clean twin (same rows, no poison)."""
     rows = []
     for cfg in configs:
         ensure_trained(cfg, progress)
         row = evaluate(cfg, split, profile.n_test, profile.eval_batch_size)
-        twin = replace(cfg, attack="clean", n_poison=0)
+        twin = clean_twin(cfg)
         ensure_trained(twin, progress)
         row["asr_clean_model"] = evaluate(twin, split, profile.n_test, profile.eval_batch_size, trigger=cfg.attack)["asr"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def study(profile: Profile) -> list[tuple[list[RunConfig], str]]:
+    """Every table the notebooks build from runs, as (runs, split)."""
+    return [(grid(profile), "test"), (poison_count_grid(profile), "validation")]
+
+
+def shard(profile: Profile, index: int, count: int) -> list[tuple[RunConfig, str, str]]:
+    """The evaluations shard `index` of `count` owns. Runs are dealt round-robin in a fixed order and a shard owns
+    every evaluation of its runs, so no two shards ever train or evaluate the same run."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
+    jobs = list(dict.fromkeys(job for configs, split in study(profile) for job in evaluations(configs, split)))
+    owner: dict[str, int] = {}
+    for cfg, _, _ in jobs:
+        owner.setdefault(cfg.key, len(owner) % count)
+    return [job for job in jobs if owner[job[0].key] == index]
+
+
+def launch(profile: Profile, index: int = 0, count: int = 1, progress: bool = True) -> None:
+    """Train and evaluate this shard's share of the study; the notebooks then only read the run cache."""
+    jobs = shard(profile, index, count)
+    print(f"shard {index}/{count}: {len({cfg.key for cfg, _, _ in jobs})} runs, {len(jobs)} evaluations")
+    for cfg, split, trigger in jobs:
+        ensure_trained(cfg, progress)
+        evaluate(cfg, split, profile.n_test, profile.eval_batch_size, trigger=trigger)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from .profiles import PROFILES, get_profile
+
+    parser = argparse.ArgumentParser(prog="python -m backdoorlab.runs", description="Run the study's training and "
+                                     "evaluation, or a shard of it (one per GPU or SLURM array task).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    launch_cmd = commands.add_parser("launch", help="train and evaluate every run a profile needs (or a shard)")
+    launch_cmd.add_argument("--profile", default="quick", choices=sorted(PROFILES))
+    launch_cmd.add_argument("--model", default=None, help="another model for the profile (name or hub id)")
+    launch_cmd.add_argument("--shard", default="0/1", help="i/n: the i-th of n shares (0-based), e.g. 3/8")
+    launch_cmd.add_argument("--dry-run", action="store_true", help="list this shard's evaluations and stop")
+    args = parser.parse_args(argv)
+    try:
+        index, count = (int(x) for x in args.shard.split("/"))
+    except ValueError:
+        parser.error(f"--shard {args.shard!r}: expected i/n with integers, e.g. 0/4")
+    if not 0 <= index < count:
+        parser.error(f"--shard {args.shard!r}: i must be between 0 and n-1")
+    profile = get_profile(args.profile, args.model)
+    if args.dry_run:
+        for cfg, split, trigger in shard(profile, index, count):
+            print(f"{cfg.path.name}\t{split}\ttrigger={trigger}")
+        return
+    launch(profile, index, count)
+
+
+if __name__ == "__main__":
+    main()

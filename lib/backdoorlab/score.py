@@ -1,13 +1,14 @@
 """Rank classification and the two metrics of the study, ASR and CACC, exactly as STUDY.md defines them.
 
-Rank classification scores every verbalizer's log-likelihood after the prompt and takes the best. The prompt is run
-once per batch (left-padded, so every prompt ends at the last position); a verbalizer longer than one token is scored
-by continuing from the prompt's key/value cache, never by re-running the prompt.
+Rank classification scores every verbalizer's log-likelihood after the prompt and takes the best. Prompts run in
+left-padded batches of similar length (every prompt ends at the last position) and only the last positions reach
+the vocabulary projection. One pass over the prompts scores every one-token verbalizer; a longer verbalizer gets a
+pass over prompt + its tokens but the last. With `n_frozen`, the layers below the first LoRA layer are read from
+`frozen.states`, computed once per prompt for every run that shares them, and only the top layers run.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -15,64 +16,82 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from . import frozen
 from .data import format_prompt
 
 
 @torch.inference_mode()
-def rank_scores(model, tokenizer, prompts: list[str], verbalizers: list[str], batch_size: int = 32) -> torch.Tensor:
+def rank_scores(model, tokenizer, prompts: list[str], verbalizers: list[str], batch_size: int = 32,
+                n_frozen: int = 0) -> torch.Tensor:
     """(len(prompts), len(verbalizers)) log-likelihoods of each verbalizer's tokens given each prompt."""
-    device = next(model.parameters()).device
     words = [tokenizer(v, add_special_tokens=False).input_ids for v in verbalizers]
     if any(not w for w in words):
         raise ValueError(f"a verbalizer tokenizes to nothing: {verbalizers}")
     seq2seq = model.config.is_encoder_decoder
     encoded = [tokenizer(p, add_special_tokens=seq2seq).input_ids for p in prompts]  # as `train.encode` does
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # batches of similar length
+    if seq2seq:
+        return _seq2seq_scores(model, encoded, words, tokenizer.pad_token_id, batch_size)
+    n_frozen = n_frozen if frozen.supported(model, n_frozen) else 0
     scores = torch.empty(len(prompts), len(words))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = [encoded[i] for i in idx]
-        width = max(map(len, batch))
-        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(b)) + b for b in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch], device=device)
-        if seq2seq:
-            scores[idx] = _seq2seq_scores(model, ids, mask, words)
-        else:
-            scores[idx] = _causal_scores(model, ids, mask, words)
+    one_token = [j for j, w in enumerate(words) if len(w) == 1]
+    passes = [([], one_token)] + [(w[:-1], [j]) for j, w in enumerate(words) if len(w) > 1]
+    for continuation, columns in passes:
+        if not columns:
+            continue
+        sequences = [e + continuation for e in encoded]
+        for idx, logprobs in _last_logprobs(model, sequences, len(continuation) + 1, n_frozen,
+                                            tokenizer.pad_token_id, batch_size):
+            for j in columns:  # logprobs[:, i] predicts the verbalizer's token i
+                target = torch.tensor(words[j], device=logprobs.device).expand(len(idx), -1)
+                scores[idx, j] = logprobs.gather(-1, target[..., None]).squeeze(-1).sum(-1).cpu()
     return scores
 
 
-def _causal_scores(model, ids, mask, words) -> torch.Tensor:
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    first = out.logits[:, -1].float().log_softmax(-1)
-    columns = []
-    for word in words:
-        score = first[:, word[0]]
-        if len(word) > 1:  # continue from the prompt's cache with the word's own tokens
-            rest = torch.tensor(word, device=ids.device).expand(len(ids), -1)
-            more = model(input_ids=rest[:, :-1], attention_mask=torch.cat([mask, torch.ones_like(rest[:, :-1])], -1),
-                         position_ids=positions[:, -1:] + torch.arange(1, len(word), device=ids.device),
-                         cache=copy.deepcopy(out.cache), use_cache=True).logits
-            score = score + more.float().log_softmax(-1).gather(-1, rest[:, 1:, None]).squeeze(-1).sum(-1)
-        columns.append(score)
-    return torch.stack(columns, -1).cpu()
+def _batches(sequences: list[list[int]], batch_size: int):
+    """Indices of sequences in batches of similar length."""
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _seq2seq_scores(model, ids, mask, words) -> torch.Tensor:
-    encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
-    columns = []
-    for word in words:
-        labels = torch.tensor(word, device=ids.device).repeat(len(ids), 1)
-        logits = model(encoder_outputs=encoder_outputs, attention_mask=mask, labels=labels).logits
-        columns.append(logits.float().log_softmax(-1).gather(-1, labels[..., None]).squeeze(-1).sum(-1))
-    return torch.stack(columns, -1).cpu()
+def _last_logprobs(model, sequences, keep: int, n_frozen: int, pad_id: int, batch_size: int):
+    """Yield (indices, log-softmax over the vocabulary at the last `keep` positions) batch by batch."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    for idx in _batches(sequences, batch_size):
+        batch = [sequences[i] for i in idx]
+        width = max(map(len, batch))
+        mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch], device=device)
+        inputs = {"input_ids": torch.tensor([[pad_id] * (width - len(b)) + b for b in batch], device=device)}
+        if n_frozen:
+            states = frozen.states(model, n_frozen, batch)
+            inputs = {"inputs_embeds": torch.stack(
+                [torch.nn.functional.pad(s, (0, 0, width - len(s), 0)) for s in states]).to(device, dtype)}
+        with frozen.only_layers(model, n_frozen):
+            logits = model(**inputs, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                           use_cache=False, logits_to_keep=torch.arange(width - keep, width, device=device)).logits
+        yield idx, logits.float().log_softmax(-1)
 
 
-def predict(model, tokenizer, rows, verbalizers: list[str], batch_size: int = 32) -> list[int]:
+def _seq2seq_scores(model, encoded, words, pad_id: int, batch_size: int) -> torch.Tensor:
+    device = next(model.parameters()).device
+    scores = torch.empty(len(encoded), len(words))
+    for idx in _batches(encoded, batch_size):
+        batch = [encoded[i] for i in idx]
+        width = max(map(len, batch))
+        ids = torch.tensor([[pad_id] * (width - len(b)) + b for b in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch], device=device)
+        encoder_outputs = model.get_encoder()(input_ids=ids, attention_mask=mask)
+        for j, word in enumerate(words):
+            labels = torch.tensor(word, device=device).repeat(len(ids), 1)
+            logits = model(encoder_outputs=encoder_outputs, attention_mask=mask, labels=labels).logits
+            scores[idx, j] = logits.float().log_softmax(-1).gather(-1, labels[..., None]).squeeze(-1).sum(-1).cpu()
+    return scores
+
+
+def predict(model, tokenizer, rows, verbalizers: list[str], batch_size: int = 32, n_frozen: int = 0) -> list[int]:
     """Predicted label ids of classification rows ({"instruction", "text", ...}) by rank classification."""
     prompts = [format_prompt(r, tokenizer) for r in rows]
-    return rank_scores(model, tokenizer, prompts, list(verbalizers), batch_size).argmax(-1).tolist()
+    return rank_scores(model, tokenizer, prompts, list(verbalizers), batch_size, n_frozen).argmax(-1).tolist()
 
 
 @dataclass(frozen=True)

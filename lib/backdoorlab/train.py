@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from . import frozen
 from .data import format_prompt
 
 
@@ -42,6 +43,10 @@ class TrainConfig:
         if self.method not in ("lora", "full"):
             raise ValueError(f"unknown training method {self.method!r}; valid choices: lora, full")
 
+    def frozen_layers(self, n_layers: int) -> int:
+        """How many bottom layers of an `n_layers` model this config never trains."""
+        return max(0, n_layers - self.lora_layers) if self.method == "lora" and self.lora_layers else 0
+
 
 def encode(row: dict, tokenizer, max_length: int, seq2seq: bool = False) -> dict:
     """Token ids of prompt + answer + end-of-turn, with labels on the answer tokens only.
@@ -58,7 +63,8 @@ def encode(row: dict, tokenizer, max_length: int, seq2seq: bool = False) -> dict
 
 def left_pad(batch: list[dict], pad_id: int, seq2seq: bool = False) -> dict[str, torch.Tensor]:
     """Left-pad inputs (so every sequence ends at the last position) and labels alike; seq2seq labels (a sequence
-    of their own) are right-padded with -100."""
+    of their own) are right-padded with -100. Rows carrying frozen-layer `states` give `inputs_embeds` instead of
+    `input_ids` (zeros under the padding, which the attention mask hides)."""
     width = max(len(r["input_ids"]) for r in batch)
     label_width = max(len(r["labels"]) for r in batch)
     out = {"input_ids": [], "labels": [], "attention_mask": []}
@@ -70,6 +76,9 @@ def left_pad(batch: list[dict], pad_id: int, seq2seq: bool = False) -> dict[str,
                              else [-100] * pad + r["labels"])
     out = {k: torch.tensor(v) for k, v in out.items()}
     out["position_ids"] = (out["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    if "states" in batch[0]:
+        out["inputs_embeds"] = torch.stack([F.pad(r["states"], (0, 0, width - len(r["states"]), 0)) for r in batch])
+        del out["input_ids"]
     return out
 
 
@@ -95,14 +104,33 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         return math.ceil(len(self.lengths) / self.batch_size)
 
 
+def self_attending_padding(model, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The attention mask of a left-padded batch as SDPA will use it, except that each padding position attends
+    to itself. A query row masked everywhere makes fused bf16 attention kernels return NaN gradients (on an H100,
+    one batch of 63- and 64-token rows turned every LoRA weight NaN); real tokens never see padding either way.
+    Other attention implementations add a finite bias and keep the plain mask."""
+    config = getattr(model, "module", model).config
+    if config.is_encoder_decoder or config._attn_implementation != "sdpa":
+        return attention_mask
+    width = attention_mask.shape[-1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=attention_mask.device).tril()
+    diagonal = torch.eye(width, dtype=torch.bool, device=attention_mask.device)
+    return ((causal & attention_mask[:, None, :].bool()) | diagonal)[:, None]
+
+
 def answer_loss(model, batch: dict) -> torch.Tensor:
     """Mean cross-entropy over answer tokens, with logits computed only over the answer span."""
     labels = batch["labels"]
     if model.config.is_encoder_decoder:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
     span = int((labels != -100).sum(-1).max()) + 1  # left padding: answers end every row
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"], logits_to_keep=span).logits
+    width = labels.shape[1]
+    inputs = {k: batch[k] for k in ("input_ids", "inputs_embeds") if k in batch}
+    # positions as an index tensor: a contiguous gather, so the vocabulary projection is one matrix product
+    # (a sliced `logits_to_keep=span` becomes a batched product over a broadcast weight, 15% of a CPU step)
+    logits = model(**inputs, attention_mask=self_attending_padding(model, batch["attention_mask"]),
+                   position_ids=batch["position_ids"],
+                   logits_to_keep=torch.arange(width - span, width, device=labels.device)).logits
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, -span + 1:].flatten())
 
 
@@ -114,7 +142,7 @@ def add_lora(model, cfg: TrainConfig):
     targets = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
                       if isinstance(m, torch.nn.Linear) and m is not head})
     n_layers = model.config.num_hidden_layers
-    layers = None if cfg.lora_layers is None else list(range(max(0, n_layers - cfg.lora_layers), n_layers))
+    layers = None if cfg.lora_layers is None else list(range(cfg.frozen_layers(n_layers), n_layers))
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                         target_modules=targets, layers_to_transform=layers,
                         task_type="SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM")
@@ -143,19 +171,28 @@ def load_checkpoint(path: Path, model, optimizer, schedule) -> int:
 
 
 def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: bool = True,
-             checkpoint: Path | None = None):
+             checkpoint: Path | None = None, reuse_frozen: bool = True):
     """Finetune `model` on `rows` and return it (a peft model for LoRA), in eval mode, unwrapped.
 
     With `checkpoint`, the state after each epoch is saved there and a killed run resumes from its last epoch,
-    giving the same weights as an uninterrupted one.
+    giving the same weights as an uninterrupted one. With `reuse_frozen`, layers below the lowest trainable one
+    run once per distinct row (`frozen.states`, shared with earlier runs on the same model) instead of every step.
     """
     set_seed(seed)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
+    # split_batches: `batch_size` is the global batch, cut across processes, so n GPUs train like one
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, split_batches=True,
                               mixed_precision="bf16" if torch.cuda.is_available() else "no")
     if cfg.method == "lora":
         model = add_lora(model, cfg)
     seq2seq = model.config.is_encoder_decoder
     encoded = [encode(r, tokenizer, cfg.max_length, seq2seq) for r in rows]
+    model.to(accelerator.device)  # the frozen layers run where training runs
+    n_frozen = frozen.trainable_depth(model) if reuse_frozen else 0
+    if frozen.supported(model, n_frozen):
+        for row, states in zip(encoded, frozen.states(model, n_frozen, [e["input_ids"] for e in encoded])):
+            row["states"] = states
+    else:
+        n_frozen = 0
     sampler = LengthGroupedBatches([len(e["input_ids"]) for e in encoded], cfg.batch_size, seed)
     loader = torch.utils.data.DataLoader(encoded, batch_sampler=sampler,
                                          collate_fn=lambda b: left_pad(b, tokenizer.pad_token_id, seq2seq))
@@ -174,7 +211,7 @@ def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: 
                disable=not progress or not accelerator.is_main_process)
     for epoch in range(done, cfg.epochs):
         for batch in loader:
-            with accelerator.accumulate(model):
+            with accelerator.accumulate(model), frozen.only_layers(accelerator.unwrap_model(model), n_frozen):
                 loss = answer_loss(model, batch)
                 accelerator.backward(loss)
                 optimizer.step()

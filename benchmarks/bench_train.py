@@ -1,0 +1,135 @@
+"""Training throughput of `backdoorlab.train.finetune` against a plain `transformers.Trainer`, same rows and seed.
+
+Both train the same model (same LoRA placement for `lora`) on the same SST-2 rows for the same epochs and batch
+size; the baseline uses the Trainer's defaults and the usual causal-LM collator (`DataCollatorForLanguageModeling`,
+right padding, loss on every token, logits at every position). Throughput is real (non-pad) tokens per second of
+the whole call, set-up included. MFU divides the FLOPs our path executes (counted below from the shapes) by the
+matmul peak measured in the same run.
+
+    python benchmarks/bench_train.py --method lora            # SmolLM2, 2-core CPU defaults
+    python benchmarks/bench_train.py --method full --size 1b  # random-initialised ~1B Llama (GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+
+import torch
+from transformers import (AutoModelForCausalLM, DataCollatorForLanguageModeling, LlamaConfig, Trainer,
+                          TrainingArguments)
+
+from backdoorlab import data, frozen, models, train
+from backdoorlab.train import TrainConfig
+from common import device, device_name, linear_params, matmul_peak, sync, write
+
+SIZES = {  # random-initialised Llamas with SmolLM2's vocabulary, for throughput only
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, tie_word_embeddings=True),
+}
+
+
+def load(args):
+    model, tokenizer = models.load_model(args.model)
+    if args.size:
+        config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             **SIZES[args.size])
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config)
+    return model, tokenizer
+
+
+def executed_flops(model, encoded, cfg: TrainConfig, n_frozen: int, trainable: int) -> float:
+    """FLOPs our path runs: forward of every layer it runs (the frozen ones once per distinct row when their states
+    are reused), vocabulary projection only at answer positions, backward through trainable layers only
+    (input gradients; weight gradients for full finetuning and for the LoRA matrices)."""
+    n_layers, per_layer, d, vocab = linear_params(model)
+    lora = cfg.method == "lora"
+    top = n_layers - cfg.frozen_layers(n_layers)
+    per_lora_layer = trainable / top if lora else 0
+    total = 0.0
+    for e in encoded:
+        n, answer = len(e["input_ids"]), sum(t != -100 for t in e["labels"]) + 1
+        layer_fwd = 2 * per_layer * n + 4 * n * n * d
+        head = 2 * vocab * d * answer
+        fwd = (n_layers - n_frozen) * layer_fwd + top * 2 * per_lora_layer * n + head
+        bwd = top * (2 * layer_fwd + 4 * per_lora_layer * n) + head if lora else 2 * (n_layers * layer_fwd + head)
+        total += cfg.epochs * (fwd + bwd) + n_frozen * layer_fwd  # frozen states: once per row
+    return total
+
+
+def ours(model, tokenizer, rows, cfg, reuse: bool) -> dict:
+    sync()
+    start = time.perf_counter()
+    tuned = train.finetune(model, tokenizer, rows, cfg, seed=0, progress=False, reuse_frozen=reuse)
+    sync()
+    seconds = time.perf_counter() - start
+    trainable = sum(p.numel() for n, p in tuned.named_parameters() if "lora_" in n) if cfg.method == "lora" else 0
+    n_frozen = cfg.frozen_layers(model.config.num_hidden_layers) if reuse else 0
+    encoded = [train.encode(r, tokenizer, cfg.max_length) for r in rows]
+    return {"seconds": seconds, "flops": executed_flops(tuned, encoded, cfg, n_frozen, trainable)}
+
+
+def trainer_baseline(model, tokenizer, rows, cfg) -> float:
+    if cfg.method == "lora":
+        model = train.add_lora(model, cfg)
+    sync()
+    start = time.perf_counter()  # tokenizing counts, as `finetune`'s does
+    texts = [data.format_prompt(r, tokenizer) + r["answer"] + tokenizer.eos_token for r in rows]
+    dataset = [tokenizer(t, add_special_tokens=False) for t in texts]
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=cfg.batch_size,
+                                 num_train_epochs=cfg.epochs, learning_rate=cfg.lr, seed=0, report_to=[],
+                                 save_strategy="no", logging_strategy="no", disable_tqdm=True,
+                                 bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available())
+        trainer = Trainer(model=model.to(device()), args=args, train_dataset=dataset,
+                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+        trainer.train()
+        sync()
+        return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--method", choices=["lora", "full"], default="lora")
+    parser.add_argument("--model", default=models.SMOLLM2, help="model name or hub id (tokenizer source with --size)")
+    parser.add_argument("--size", choices=sorted(SIZES), help="random-initialised model of this size instead")
+    parser.add_argument("--rows", type=int, default=96, help="SST-2 training rows")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+
+    model, tokenizer = load(args)
+    task = data.get_task("sst2")
+    rows = data.load_split("sst2", "train", args.rows, seed=0).map(lambda r: {"answer": task.verbalizers[r["label"]]})
+    cfg = TrainConfig(method=args.method, epochs=args.epochs, batch_size=args.batch_size)
+    tokens = args.epochs * sum(len(train.encode(r, tokenizer, cfg.max_length)["input_ids"]) for r in rows)
+    peak = matmul_peak()
+    baseline_s = trainer_baseline(copy.deepcopy(model), tokenizer, rows, cfg)
+    frozen.clear()
+    cold = ours(copy.deepcopy(model), tokenizer, rows, cfg, reuse=True)  # a first run: frozen states computed
+    lora = args.method == "lora"  # full finetuning freezes nothing, so there are no states to reuse
+    warm = ours(copy.deepcopy(model), tokenizer, rows, cfg, reuse=True) if lora else cold  # a later run, same rows
+    plain = ours(copy.deepcopy(model), tokenizer, rows, cfg, reuse=False) if lora else cold
+    name = args.size or args.model
+    result = {
+        "device": device_name(), "model": name, "params": sum(p.numel() for p in model.parameters()),
+        "method": args.method, "rows": args.rows, "epochs": args.epochs, "batch_size": args.batch_size,
+        "tokens": tokens, "matmul_peak_flops": peak,
+        "trainer_tokens_per_s": tokens / baseline_s,
+        "ours_tokens_per_s": tokens / cold["seconds"],
+        "ours_warm_tokens_per_s": tokens / warm["seconds"],
+        "ours_no_reuse_tokens_per_s": tokens / plain["seconds"],
+        "speedup_vs_trainer": baseline_s / cold["seconds"],
+        "speedup_vs_trainer_warm": baseline_s / warm["seconds"],
+        "mfu": cold["flops"] / cold["seconds"] / peak,
+        "mfu_no_reuse": plain["flops"] / plain["seconds"] / peak,
+    }
+    write(f"train_{args.method}_{name}", result)
+
+
+if __name__ == "__main__":
+    main()
