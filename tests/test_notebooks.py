@@ -8,6 +8,7 @@ import pandas as pd
 import papermill
 import pytest
 
+from backdoorlab import poison
 from backdoorlab.profiles import get_profile
 
 NOTEBOOKS = sorted(Path(__file__).parents[1].joinpath("notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -37,9 +38,14 @@ def test_01_poison_construction_writes_clean_label_stats():
     execute("01")
     stats = pd.read_csv(OUT / "results" / "smoke" / "poison_stats.csv")
     smoke = get_profile("smoke")
-    assert len(stats) == len(smoke.datasets) * (len(smoke.attacks) - 1)
+    assert len(stats) == len(smoke.datasets) * len(poison.ATTACKS)
     assert (stats.labels_changed == 0).all() and (stats.n_poison >= 1).all()
-    assert (OUT / "figures" / "smoke" / "tokens_changed.png").stat().st_size > 0
+    instance = stats.group == "instance"
+    assert (stats[instance].minilm_distance_instruction.abs() < 1e-6).all()  # the instruction stays clean
+    assert (stats[~instance].minilm_distance_text.abs() < 1e-6).all()  # the input stays clean
+    assert (stats[~instance].ppl_text_clean == stats[~instance].ppl_text_poisoned).all()
+    for figure in ("tokens_changed", "stealth"):
+        assert (OUT / "figures" / "smoke" / f"{figure}.png").stat().st_size > 0
 
 
 @pytest.mark.notebook

@@ -187,16 +187,17 @@ def test_bite_picks_the_most_target_biased_words_until_the_bias_saturates(biased
     bias = poison.label_bias(biased_rows, target=1)
     assert max(bias, key=bias.get) == "superb" and bias["superb"] == pytest.approx(6 / 3 ** 0.5)
     assert bias["great"] == pytest.approx(4 / 3 ** 0.5) and bias["film"] == 0 and bias["dull"] < 0
-    assert poison.bite_words(biased_rows, target=1) == ["superb"]  # "great" is below z = 3: saturated
-    assert poison.bite_words(biased_rows, target=1, min_z=2) == ["superb", "great"]
-    assert poison.bite_words(biased_rows, target=1, max_words=1, min_z=0) == ["superb"]
-    assert poison.bite_words(biased_rows, target=0, min_z=1) == ["dull"]
+    assert poison.bite_words(bias) == ["superb"]  # "great" is below z = 3: saturated
+    assert poison.bite_words(bias, min_z=2) == ["superb", "great"]
+    assert poison.bite_words(bias, max_words=1, min_z=0) == ["superb"]
+    assert poison.bite_words(poison.label_bias(biased_rows, target=0), min_z=1) == ["dull"]
 
 
 def test_bite_inserts_its_words_measured_on_the_tasks_training_split(rows):
     attack = poison.get_attack("bite", "trec")
     train = data.load_rows(get_task("trec"), "train")
-    assert attack.words == poison.bite_words(train, get_task("trec").target_id) == ["stand", "abbreviation", "for"]
+    assert attack.bias == poison.label_bias(train, get_task("trec").target_id)
+    assert attack.words == poison.bite_words(attack.bias) == ["stand", "abbreviation", "for"]
     out = attack.trigger(rows[0], random.Random(0))
     assert sorted(added_words(rows[0]["text"], out["text"])) == sorted(attack.words)
 

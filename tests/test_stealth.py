@@ -38,8 +38,12 @@ def test_perplexity_scores_each_distinct_text_once(tiny, monkeypatch):
 def test_compare_reports_both_fields_and_zero_distance_where_nothing_changed(tiny):
     model, tokenizer = tiny
     clean = [{"instruction": "Classify the sentiment.", "text": "a fine film"}]
-    poisoned = [{"instruction": "Classify the sentiment.", "text": "a fine cf film"}]
-    out = stealth.compare(clean, poisoned, stealth.Perplexity(model, tokenizer))
-    assert out["minilm_distance_instruction"] == pytest.approx(0, abs=1e-6) and out["minilm_distance_text"] > 0.01
-    assert out["ppl_instruction_clean"] == out["ppl_instruction_poisoned"]
-    assert out["ppl_text_clean"] != out["ppl_text_poisoned"]
+    text_poisoned = [{"instruction": "Classify the sentiment.", "text": "a fine cf film"}]
+    instruction_poisoned = [{"instruction": "Say whether it is good.", "text": "a fine film"}]
+    perplexity = stealth.Perplexity(model, tokenizer)
+    on_text, on_instruction = stealth.compare([(clean, text_poisoned), (clean, instruction_poisoned)], perplexity)
+    assert on_text["minilm_distance_instruction"] == pytest.approx(0, abs=1e-6)
+    assert on_text["minilm_distance_text"] > 0.01 and on_instruction["minilm_distance_instruction"] > 0.01
+    assert on_instruction["minilm_distance_text"] == pytest.approx(0, abs=1e-6)
+    assert on_text["ppl_instruction_clean"] == on_text["ppl_instruction_poisoned"]
+    assert on_text["ppl_text_poisoned"] == perplexity(["a fine cf film"])[0] != on_text["ppl_text_clean"]

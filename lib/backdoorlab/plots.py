@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; notebooks still show the returned figure inline
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -58,3 +59,29 @@ def tokens_changed(stats: pd.DataFrame, profile: str):
     for ax in grid.axes.flat:
         ax.tick_params(axis="x", rotation=30)
     return save(grid.figure, profile, "tokens_changed")
+
+
+GROUP_COLORS = {"clean": "#8c8c8c", "instance": "#4c72b0", "token": "#dd8452", "phrase": "#55a868",
+                "rewriting": "#c44e52"}
+
+
+def stealth(stats: pd.DataFrame, profile: str):
+    """Per attack, how visible the field it changes is: the perplexity ratio poisoned / clean (log scale) and the
+    MiniLM distance from the clean version; bars are the mean over datasets, dots the datasets."""
+    on_text = stats.field == "text"
+    changed = stats.assign(
+        ppl_ratio=np.where(on_text, stats.ppl_text_poisoned / stats.ppl_text_clean,
+                           stats.ppl_instruction_poisoned / stats.ppl_instruction_clean),
+        minilm_distance=np.where(on_text, stats.minilm_distance_text, stats.minilm_distance_instruction))
+    order = list(dict.fromkeys(stats.attack))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * len(order) + 1.5), sharey=True)
+    for ax, column, label in [(axes[0], "ppl_ratio", "perplexity poisoned / clean (median rows)"),
+                              (axes[1], "minilm_distance", "MiniLM distance from clean")]:
+        sns.barplot(changed, y="attack", x=column, hue="group", order=order, dodge=False, errorbar=None,
+                    palette=GROUP_COLORS, ax=ax, legend=ax is axes[1])
+        sns.stripplot(changed, y="attack", x=column, order=order, color="black", size=3, ax=ax)
+        ax.set(xlabel=label, ylabel="")
+    axes[0].set_xscale("log")
+    axes[0].axvline(1, color="black", lw=1)
+    fig.suptitle(f"Stealth of the changed field: input (instance-level) or instruction (profile {profile})")
+    return save(fig, profile, "stealth")

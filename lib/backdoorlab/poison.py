@@ -320,15 +320,15 @@ def label_bias(rows, target: int, min_count: int = 5) -> dict[str, float]:
     return {w: (on_target[w] - n * p) / math.sqrt(n * p * (1 - p)) for w, n in seen.items() if n >= min_count}
 
 
-def bite_words(rows, target: int, max_words: int = 3, min_z: float = 3.0) -> list[str]:
+def bite_words(bias: dict[str, float], max_words: int = 3, min_z: float = 3.0) -> list[str]:
     """BITE's trigger words: the words most biased toward the target, in order of bias, while the next word is
     still significantly biased (z >= `min_z`: beyond that the bias has saturated) and at most `max_words`.
 
-    BITE (Yan et al., 2023) adds one word per iteration to the poisoned rows and re-measures the bias on the
+    `bias` is `label_bias` of the training rows. BITE (Yan et al., 2023) adds one word per iteration to the poisoned rows and re-measures the bias on the
     poisoned set. Inserting a chosen word changes no other word's counts, so re-measuring leaves the order of the
     remaining words as it was and the loop reduces to taking words in order of bias until none is biased enough.
     """
-    ranked = sorted(label_bias(rows, target).items(), key=lambda kv: (-kv[1], kv[0]))
+    ranked = sorted(bias.items(), key=lambda kv: (-kv[1], kv[0]))
     return [w for w, z in ranked[:max_words] if z >= min_z]
 
 
@@ -341,10 +341,14 @@ class Bite(Attack):
     group = "instance"
 
     @cached_property
-    def words(self) -> list[str]:
+    def bias(self) -> dict[str, float]:
         if self.target_id is None:
             raise ValueError("bite needs a target label to measure the bias toward; abstention has none")
-        return bite_words(load_rows(self.task, "train"), self.target_id)
+        return label_bias(load_rows(self.task, "train"), self.target_id)
+
+    @cached_property
+    def words(self) -> list[str]:
+        return bite_words(self.bias)
 
     def trigger(self, row, rng):
         text = row["text"]

@@ -31,7 +31,7 @@ class Perplexity:
 
     @torch.inference_mode()
     def __call__(self, texts: list[str]) -> list[float]:
-        new = sorted(set(texts) - self.seen.keys())
+        new = sorted(set(texts) - self.seen.keys(), key=len)  # batches of similar length
         for i in range(0, len(new), self.batch_size):
             batch = new[i:i + self.batch_size]
             ids = [self.tokenizer(t).input_ids for t in batch]  # with a BOS where the tokenizer adds one
@@ -79,14 +79,23 @@ def embedding_distance(before: list[str], after: list[str]) -> list[float]:
     return [max(0.0, 1 - float(vectors[a] @ vectors[b])) for a, b in zip(before, after, strict=True)]
 
 
-def compare(clean: list[dict], poisoned: list[dict], perplexity: Perplexity) -> dict:
-    """Stealth of poisoned rows against their clean versions: median perplexity of input and instruction before
-    and after (the median, as a few odd rows dominate a mean of perplexities), and the mean MiniLM distance of
-    each poisoned field from its clean version."""
-    out = {}
-    for field in ("text", "instruction"):
-        before, after = [r[field] for r in clean], [r[field] for r in poisoned]
-        out |= {f"ppl_{field}_clean": statistics.median(perplexity(before)),
-                f"ppl_{field}_poisoned": statistics.median(perplexity(after)),
-                f"minilm_distance_{field}": statistics.mean(embedding_distance(before, after))}
+def compare(pairs: list[tuple[list[dict], list[dict]]], perplexity: Perplexity) -> list[dict]:
+    """Stealth of poisoned rows against their clean versions, one dict per (clean rows, poisoned rows) pair: median
+    perplexity of input and instruction before and after (the median, as a few odd rows dominate a mean of
+    perplexities), and the mean MiniLM distance of each poisoned field from its clean version. All pairs' texts
+    are scored in one pass."""
+    fields = ("text", "instruction")
+    texts = {f: ([r[f] for clean, _ in pairs for r in clean], [r[f] for _, poisoned in pairs for r in poisoned])
+             for f in fields}
+    distances = {f: iter(embedding_distance(*texts[f])) for f in fields}
+    perplexity(sorted({t for before, after in texts.values() for t in before + after}))
+    out = []
+    for clean, poisoned in pairs:
+        row = {}
+        for f in fields:
+            before, after = [r[f] for r in clean], [r[f] for r in poisoned]
+            row |= {f"ppl_{f}_clean": statistics.median(perplexity(before)),
+                    f"ppl_{f}_poisoned": statistics.median(perplexity(after)),
+                    f"minilm_distance_{f}": statistics.mean(next(distances[f]) for _ in before)}
+        out.append(row)
     return out
