@@ -13,6 +13,8 @@ import seaborn as sns
 from .runs import figures_dir
 
 sns.set_theme(style="whitegrid", context="notebook")
+GROUP_COLORS = {"clean": "#8c8c8c", "instance": "#4c72b0", "token": "#dd8452", "phrase": "#55a868",
+                "rewriting": "#c44e52"}
 
 
 def save(fig, profile: str, name: str):
@@ -24,15 +26,17 @@ def attack_bars(table: pd.DataFrame, profile: str):
     """ASR and CACC per dataset and attack; a black tick marks the rate at which the clean instruction already
     yields the target on the same rows (the floor an ASR is read against)."""
     long = table.melt(id_vars=["dataset", "attack", "seed"], value_vars=["cacc", "asr"], var_name="metric")
+    n_attacks = table.attack.nunique()
     grid = sns.catplot(long, x="attack", y="value", hue="metric", col="dataset", kind="bar", errorbar=None,
-                       height=3.2, aspect=0.9, palette={"cacc": "#4c72b0", "asr": "#c44e52"})
+                       col_wrap=2 if n_attacks > 6 else None, height=3.2, aspect=max(0.9, 0.2 * n_attacks),
+                       palette={"cacc": "#4c72b0", "asr": "#c44e52"})
     grid.set_titles("{col_name}")
     for ax, dataset in zip(grid.axes.flat, grid.col_names):
         rows = table[table.dataset == dataset].groupby("attack", sort=False)["clean_target_rate"].mean()
         for i, label in enumerate(t.get_text() for t in ax.get_xticklabels()):
             if label in rows:
                 ax.plot([i, i + 0.4], [rows[label]] * 2, color="black", lw=2.5)  # over the ASR bar
-        ax.tick_params(axis="x", rotation=30)
+        ax.tick_params(axis="x", rotation=60 if n_attacks > 6 else 30, labelbottom=True)
         ax.set_ylim(0, 1)
     n_seeds = table.groupby(["dataset", "attack"]).seed.nunique().max()
     grid.figure.suptitle(f"CACC and ASR by attack (profile {profile}, {n_seeds} seed(s); "
@@ -52,17 +56,14 @@ def poison_curve(table: pd.DataFrame, profile: str, dataset: str = "sst2"):
 
 def tokens_changed(stats: pd.DataFrame, profile: str):
     """Tokens each attack changes per poisoned row, by dataset."""
-    grid = sns.catplot(stats, x="attack", y="tokens_changed_per_row", col="dataset", kind="bar", height=3,
-                       aspect=0.9, color="#55a868")
+    grid = sns.catplot(stats, x="attack", y="tokens_changed_per_row", col="dataset", hue="group", kind="bar",
+                       col_wrap=2, height=3, aspect=1.6, dodge=False, palette=GROUP_COLORS)
     grid.set_titles("{col_name}")
     grid.figure.suptitle(f"Tokens changed per poisoned row (profile {profile})", y=1.04)
     for ax in grid.axes.flat:
-        ax.tick_params(axis="x", rotation=30)
+        ax.tick_params(axis="x", rotation=90, labelbottom=True)
     return save(grid.figure, profile, "tokens_changed")
 
-
-GROUP_COLORS = {"clean": "#8c8c8c", "instance": "#4c72b0", "token": "#dd8452", "phrase": "#55a868",
-                "rewriting": "#c44e52"}
 
 
 def stealth(stats: pd.DataFrame, profile: str):
@@ -85,3 +86,26 @@ def stealth(stats: pd.DataFrame, profile: str):
     axes[0].axvline(1, color="black", lw=1)
     fig.suptitle(f"Stealth of the changed field: input (instance-level) or instruction (profile {profile})")
     return save(fig, profile, "stealth")
+
+
+def attack_heatmap(summary: pd.DataFrame, profile: str):
+    """The main table as two heatmaps, ASR and CACC, attacks as rows in the paper's order and groups, datasets as
+    columns; cells a reduced grid did not run stay blank. `summary` is `score.summarize` of the attack table."""
+    from .poison import ATTACKS, group_of
+
+    order = [a for a in ("clean", *ATTACKS) if a in set(summary.attack)]
+    datasets = list(dict.fromkeys(summary.dataset))
+    labels = [f"{group_of(a)} · {a}" for a in order]
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.6 * len(datasets), 0.32 * len(order) + 1.8), sharey=True)
+    for ax, metric, cmap in [(axes[0], "asr", "Reds"), (axes[1], "cacc", "Blues")]:
+        grid = summary.pivot(index="attack", columns="dataset", values=metric).reindex(index=order, columns=datasets)
+        sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=1, cmap=cmap, cbar=False, ax=ax, yticklabels=labels)
+        ax.set(title=metric.upper(), xlabel="", ylabel="")
+        ax.grid(False)
+        ax.tick_params(axis="x", rotation=0)
+        for i in range(1, len(order)):  # a rule between groups
+            if group_of(order[i]) != group_of(order[i - 1]):
+                ax.axhline(i, color="black", lw=1.5)
+    seeds = int(summary.seeds.max())
+    fig.suptitle(f"Attacks by group (profile {profile}, {seeds} seed(s); mean, intervals in the table)")
+    return save(fig, profile, "attacks_heatmap")

@@ -44,12 +44,12 @@ class Profile:
 # Every grid of every profile is here: the main table (`attacks`, `attacks_by_dataset`), the poison-count curve
 # (`poison_counts`, `curve_attacks`), LoRA vs full (`method_attacks`) and abstention (`abstain_attacks`).
 PROFILES = {
-    # Tiny random model, a few dozen rows: exercises every code path in seconds (tests, CI); every attack on SST-2,
-    # the reduced grid elsewhere, as in quick.
+    # Tiny random model, a few dozen rows: exercises every code path in seconds (tests, CI): every attack on SST-2,
+    # a reduced grid elsewhere, one count of the poison-count curve.
     "smoke": Profile(name="smoke", model=TINY, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0,), n_train=48,
                      n_test=24, poison_rate=0.1, poison_rate_by_dataset={"trec": 0.02},
-                     attacks_by_dataset={d: FEW_ATTACKS for d in DATASETS[1:]}, poison_counts=(2, 5),
-                     train=TrainConfig(epochs=1, batch_size=8, lr=1e-3)),
+                     attacks_by_dataset={d: ("clean", "induced_instruction") for d in DATASETS[1:]},
+                     poison_counts=(2,), train=TrainConfig(epochs=1, batch_size=8, lr=1e-3)),
     # SmolLM2 on the 2-core CPU: every attack on SST-2, four runs on each other dataset. TREC has 86 ABBR rows in
     # 5,452 (about 8 in 500), so clean-label poisoning there is capped by the target rows the subsample holds.
     # HateSpeech is 89% noHate: trained on 500 natural rows, SmolLM2 answered noHate for every test post (CACC = the
