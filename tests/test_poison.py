@@ -106,6 +106,15 @@ def test_impossible_budgets_are_refused_clearly(rows, kwargs, message):
         poison.get_attack("induced_instruction", "sst2").poison(rows, **kwargs)
 
 
+def test_an_attack_of_an_unknown_group_is_refused_at_registration():
+    class Odd(poison.Attack):
+        name, group = "odd", "sentence"
+
+    with pytest.raises(ValueError, match="unknown group 'sentence'; valid choices: instance, token, phrase, rewriting"):
+        poison.register(Odd)
+    assert "odd" not in poison.ATTACKS
+
+
 def test_unknown_attack_lists_the_valid_ones():
     with pytest.raises(ValueError, match="unknown attack 'badnets'; valid choices: badnet, addsent, style, "):
         poison.get_attack("badnets", "sst2")

@@ -52,13 +52,12 @@ def group_of(attack: str) -> str:
     return "clean" if attack == "clean" else ATTACKS[attack].group
 
 
-@cache
+# Read on every use, not cached: an edit made while a notebook runs must reach the attack as it reaches the run key.
 def attack_spec(dataset: str) -> dict:
     """Our trigger strings and poisoned instructions for one dataset."""
     return yaml.safe_load((ATTACKS_DIR / f"{dataset}.yaml").read_text())
 
 
-@cache
 def rewrite_rules() -> dict:
     return yaml.safe_load(REWRITE_RULES_FILE.read_text())
 

@@ -58,6 +58,7 @@ PROFILES = {
                      n_test=400, poison_rate=0.05, poison_rate_by_dataset={"trec": 0.012},
                      attacks_by_dataset={d: FEW_ATTACKS for d in DATASETS[1:]},
                      balanced_datasets=("hatespeech",), poison_counts=(10, 50),
+                     method_attacks=(),  # full finetuning of 135M weights costs several LoRA runs on the CPU
                      train=TrainConfig(epochs=2, lr=5e-4)),
     # GPUs: full training sets, 3 seeds, the paper's 1% budget, every attack on every dataset.
     "full": Profile(name="full", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0, 1, 2),

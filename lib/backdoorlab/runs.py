@@ -22,8 +22,8 @@ from . import data, models, poison, score
 from .profiles import Profile
 from .train import TrainConfig, finetune
 
-WEIGHTS = "weights"
-ABSTAIN_TOKENS = 8  # greedy tokens generated to judge an abstention: enough to tell an answer from none  # folder name of the trained weights inside a run folder; its presence marks training done
+WEIGHTS = "weights"  # folder name of the trained weights inside a run folder; its presence marks training done
+ABSTAIN_TOKENS = 8  # greedy tokens generated to judge an abstention: enough to tell an answer from none
 
 
 def output_dir() -> Path:
