@@ -138,10 +138,11 @@ plots.stealth(stats, P.name);
 
 # %% [markdown]
 # Reading the figure: the instance-level attacks change the *input*, so their perplexity ratio is that of the
-# input; all others change the *instruction*. Token-level triggers (`instr_cf`, `instr_badnet`) are one rare word
-# in a fluent sentence: a large perplexity jump for a tiny embedding move. Rewriting attacks replace the instruction
-# whole: fluent text, but far from the clean instruction in embedding space, except the induced instruction,
-# written to read as an instruction for the same task.
+# input; all others change the *instruction*. A token-level trigger (`instr_cf`, `instr_badnet`) is one rare word
+# in a fluent sentence: a perplexity jump for a tiny move in embedding space. Among the rewriting attacks,
+# `rewrite_addsent` and `rewrite_random` share nothing with the task and lie far from the clean instruction; the
+# hand-rewritten instructions and the induced one keep the task's meaning and stay much closer, which is what an
+# audit of instructions by embedding distance would miss.
 
 # %% [markdown]
 # ## BITE's words
@@ -173,7 +174,8 @@ display(pd.DataFrame([{"row": i, "text": sst2[i]["text"], "label before": sst2[i
 # The paper asked a large model (ChatGPT) to write the instruction that explains label-flipped examples: negative
 # reviews all answered `positive`. Our shipped instruction is written by hand in that spirit. `induce_instruction`
 # does the induction with any instruction-following model (greedy, so the result is reproducible); here with the
-# profile's model (a random tiny model in `smoke`, whose text is noise; SmolLM2-135M in `quick`).
+# profile's model (a random tiny model in `smoke`, whose text is noise; SmolLM2-135M in `quick`, which tends to
+# continue the examples rather than write an instruction: induction needs a far larger model than the one we attack).
 
 # %%
 induced = poison.induce_instruction(lm, tokenizer, sst2, P.datasets[0])

@@ -56,34 +56,31 @@ def poison_curve(table: pd.DataFrame, profile: str, dataset: str = "sst2"):
 
 def tokens_changed(stats: pd.DataFrame, profile: str):
     """Tokens each attack changes per poisoned row, by dataset."""
-    grid = sns.catplot(stats, x="attack", y="tokens_changed_per_row", col="dataset", hue="group", kind="bar",
-                       col_wrap=2, height=3, aspect=1.6, dodge=False, palette=GROUP_COLORS)
-    grid.set_titles("{col_name}")
-    grid.figure.suptitle(f"Tokens changed per poisoned row (profile {profile})", y=1.04)
-    for ax in grid.axes.flat:
-        ax.tick_params(axis="x", rotation=90, labelbottom=True)
-    return save(grid.figure, profile, "tokens_changed")
-
+    fig, ax = plt.subplots(figsize=(7, 0.3 * stats.attack.nunique() + 1.5))
+    sns.barplot(stats, y="attack", x="tokens_changed_per_row", hue="dataset", ax=ax)
+    ax.set(xlabel="tokens changed per poisoned row", ylabel="",
+           title=f"Tokens changed per poisoned row (profile {profile})")
+    return save(fig, profile, "tokens_changed")
 
 
 def stealth(stats: pd.DataFrame, profile: str):
-    """Per attack, how visible the field it changes is: the perplexity ratio poisoned / clean (log scale) and the
-    MiniLM distance from the clean version; bars are the mean over datasets, dots the datasets."""
+    """Per attack, how visible the field it changes is: the log2 perplexity ratio poisoned / clean (right of 0:
+    less fluent than the clean text) and the MiniLM distance from the clean version; bars are the mean over
+    datasets, dots the datasets."""
     on_text = stats.field == "text"
     changed = stats.assign(
-        ppl_ratio=np.where(on_text, stats.ppl_text_poisoned / stats.ppl_text_clean,
-                           stats.ppl_instruction_poisoned / stats.ppl_instruction_clean),
+        log2_ppl_ratio=np.log2(np.where(on_text, stats.ppl_text_poisoned / stats.ppl_text_clean,
+                                        stats.ppl_instruction_poisoned / stats.ppl_instruction_clean)),
         minilm_distance=np.where(on_text, stats.minilm_distance_text, stats.minilm_distance_instruction))
     order = list(dict.fromkeys(stats.attack))
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * len(order) + 1.5), sharey=True)
-    for ax, column, label in [(axes[0], "ppl_ratio", "perplexity poisoned / clean (median rows)"),
+    for ax, column, label in [(axes[0], "log2_ppl_ratio", "log2 perplexity poisoned / clean (medians)"),
                               (axes[1], "minilm_distance", "MiniLM distance from clean")]:
         sns.barplot(changed, y="attack", x=column, hue="group", order=order, dodge=False, errorbar=None,
                     palette=GROUP_COLORS, ax=ax, legend=ax is axes[1])
         sns.stripplot(changed, y="attack", x=column, order=order, color="black", size=3, ax=ax)
         ax.set(xlabel=label, ylabel="")
-    axes[0].set_xscale("log")
-    axes[0].axvline(1, color="black", lw=1)
+    axes[0].axvline(0, color="black", lw=1)
     fig.suptitle(f"Stealth of the changed field: input (instance-level) or instruction (profile {profile})")
     return save(fig, profile, "stealth")
 
