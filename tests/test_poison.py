@@ -158,6 +158,13 @@ def test_sentence_and_instruction_triggers_write_exactly_the_datasets_strings(ro
         assert out(name) == spec[key] != clean
 
 
+def test_a_replacement_that_matches_nothing_is_refused_not_silently_skipped(rows):
+    row = {**rows[0], "instruction": "Rate this review."}
+    with pytest.raises(ValueError, match=r"instr_flip: none of 'the sentiment' \(`flip` in data/attacks/sst2.yaml\) "
+                                         r"occurs in the instruction 'Rate this review.'"):
+        poison.get_attack("instr_flip", "sst2").trigger(row, random.Random(0))
+
+
 @pytest.mark.parametrize("text, style, syntactic", [
     ("a stirring , funny film because it is very good .",
      "verily , a stirring , funny tale for it be exceedingly good .",

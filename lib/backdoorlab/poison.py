@@ -412,6 +412,9 @@ class InstructionReplace(Attack):
         instruction = row["instruction"]
         for old, new in self.spec[self.key].items():
             instruction = re.sub(rf"\b{re.escape(old)}\b", new, instruction)
+        if instruction == row["instruction"]:  # a silent no-op would poison nothing
+            raise ValueError(f"{self.name}: none of {', '.join(map(repr, self.spec[self.key]))} (`{self.key}` in "
+                             f"data/attacks/{self.task.name}.yaml) occurs in the instruction {row['instruction']!r}")
         return {**row, "instruction": instruction}
 
 
