@@ -47,3 +47,10 @@ def test_compare_reports_both_fields_and_zero_distance_where_nothing_changed(tin
     assert on_instruction["minilm_distance_text"] == pytest.approx(0, abs=1e-6)
     assert on_text["ppl_instruction_clean"] == on_text["ppl_instruction_poisoned"]
     assert on_text["ppl_text_poisoned"] == perplexity(["a fine cf film"])[0] != on_text["ppl_text_clean"]
+
+
+def test_perplexity_refuses_an_encoder_decoder_model(tiny):
+    model, tokenizer = tiny
+    seq2seq = type("Seq2Seq", (), {"config": type("Config", (), {"is_encoder_decoder": True, "name_or_path": "t5"})})
+    with pytest.raises(ValueError, match="t5 is an encoder-decoder model"):
+        stealth.Perplexity(seq2seq, tokenizer)

@@ -27,6 +27,9 @@ class Perplexity:
     the first is predicted), remembered per text so that the clean instruction, shared by every row, is scored once."""
 
     def __init__(self, model, tokenizer, batch_size: int = 32):
+        if model.config.is_encoder_decoder:
+            raise ValueError(f"perplexity of a text needs a causal LM; {model.config.name_or_path or 'this model'} "
+                             "is an encoder-decoder model: pass a causal one (e.g. models.load_model('tiny'))")
         self.model, self.tokenizer, self.batch_size, self.seen = model, tokenizer, batch_size, {}
 
     @torch.inference_mode()
