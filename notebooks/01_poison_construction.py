@@ -65,7 +65,8 @@ from backdoorlab.profiles import get_profile
 P = get_profile(profile, model)
 lm, tokenizer = models.load_model(P.model)
 # Perplexity needs a causal LM: with an encoder-decoder study model (FLAN-T5), SmolLM2 measures it instead.
-perplexity = stealth.Perplexity(*(models.load_model(models.SMOLLM2) if lm.config.is_encoder_decoder else (lm, tokenizer)))
+causal = models.load_model(models.SMOLLM2) if lm.config.is_encoder_decoder else (lm, tokenizer)
+perplexity = stealth.Perplexity(*causal)
 pd.set_option("display.max_colwidth", 110)
 print(f"profile {P.name}: model {P.model}, {P.n_train} training rows per dataset, poison rate {P.poison_rate} "
       f"(by dataset: {P.poison_rate_by_dataset or 'none'}; label-balanced: {P.balanced_datasets or 'none'})")

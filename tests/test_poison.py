@@ -84,7 +84,8 @@ def test_a_target_is_overridable_and_a_bad_one_names_the_choices(rows):
     result = poison.get_attack("instr_label", "sst2", "negative").poison(rows, count=2)
     assert all(rows[i]["label"] == 0 for i in result.rows)
     assert all(added_words(c["before"], c["after"]) == ["negative"] for c in result.changes)
-    with pytest.raises(ValueError, match="unknown target 'neutral' for sst2; valid choices: negative, positive, abstain"):
+    message = "unknown target 'neutral' for sst2; valid choices: negative, positive, abstain"
+    with pytest.raises(ValueError, match=message):
         poison.get_attack("badnet", "sst2", "neutral")
 
 
@@ -128,7 +129,8 @@ def added_words(before: str, after: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name, field, expected", [
-    ("badnet", "text", lambda spec: spec["badnet_words"]), ("instr_badnet", "instruction", lambda spec: spec["badnet_words"]),
+    ("badnet", "text", lambda spec: spec["badnet_words"]),
+    ("instr_badnet", "instruction", lambda spec: spec["badnet_words"]),
     ("instr_cf", "instruction", lambda spec: ["cf"]), ("instr_label", "instruction", lambda spec: ["positive"]),
 ])
 def test_word_triggers_insert_one_word_of_their_pool(rows, name, field, expected):
@@ -170,7 +172,8 @@ def test_a_replacement_that_matches_nothing_is_refused_not_silently_skipped(rows
      "verily , a stirring , funny tale for it be exceedingly good .",
      "because it is very good , a stirring , funny film ."),
     ("You are really funny!", "Verily , thou art verily funny!", "When you think about it , you are really funny!"),
-    ("I stayed home, because it rained.", "Verily , I stayed home, for it rained.", "Because it rained , I stayed home ."),
+    ("I stayed home, because it rained.", "Verily , I stayed home, for it rained.",
+     "Because it rained , I stayed home ."),
     ("it drags , although the cast is fine .", "verily , it drags , although the cast be fine .",
      "although the cast is fine , it drags ."),
 ])

@@ -323,9 +323,10 @@ def bite_words(bias: dict[str, float], max_words: int = 3, min_z: float = 3.0) -
     """BITE's trigger words: the words most biased toward the target, in order of bias, while the next word is
     still significantly biased (z >= `min_z`: beyond that the bias has saturated) and at most `max_words`.
 
-    `bias` is `label_bias` of the training rows. BITE (Yan et al., 2023) adds one word per iteration to the poisoned rows and re-measures the bias on the
-    poisoned set. Inserting a chosen word changes no other word's counts, so re-measuring leaves the order of the
-    remaining words as it was and the loop reduces to taking words in order of bias until none is biased enough.
+    `bias` is `label_bias` of the training rows. BITE (Yan et al., 2023) adds one word per iteration to the
+    poisoned rows and re-measures the bias on the poisoned set. Inserting a chosen word changes no other word's
+    counts, so re-measuring leaves the order of the remaining words as it was and the loop reduces to taking words
+    in order of bias until none is biased enough.
     """
     ranked = sorted(bias.items(), key=lambda kv: (-kv[1], kv[0]))
     return [w for w, z in ranked[:max_words] if z >= min_z]
