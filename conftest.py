@@ -11,6 +11,9 @@ os.environ["BACKDOORLAB_OUT"] = OUT  # set before anything reads it; kernels sta
 os.environ["BACKDOORLAB_PROFILE"] = "smoke"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# OpenMP threads that spin while waiting run 5-10x slower inside a Jupyter kernel (its own threads compete for the
+# cores) on a busy 2-core machine; passive waiting costs nothing measurable when the cores are free.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

@@ -14,25 +14,40 @@
 # ---
 
 # %% [markdown]
-# # 01 · Poison construction: what an attacker changes
+# # 01 · Poison construction: what an attacker changes, and how visible it is
 #
 # **Learning goals.** After this notebook you can
 # - say what *clean-label* poisoning is and why it is hard to spot by reading labels;
-# - tell an *instance-level* attack (the input text changes) from an *instruction-level* one (only the task
-#   instruction changes);
-# - read off how many rows, and how many tokens, an attack touches at a given poison rate.
+# - place each of the 17 attacks of *Instructions as Backdoors* in its group: **instance-level** (the input text
+#   changes), **token-level** or **phrase-level** inside the instruction, or **instruction rewriting** (the whole
+#   instruction replaced);
+# - read off how many rows and tokens an attack touches at a given poison rate, and how visible it is: the
+#   perplexity a language model gives the poisoned text, and how far the poisoned instruction lies from the clean one.
 #
 # **Threat model** (*Instructions as Backdoors*, Xu et al., NAACL 2024). Instruction-tuning data is often
 # crowd-sourced: contributors write an instruction for a task and attach examples. A malicious contributor controls
 # the text of a few training rows, never the training procedure. They pick rows whose gold label already *is* the
-# target label (here: `positive` for SST-2) and change only the instruction (or the input) of those rows. Every label
-# stays correct, so label audits find nothing. After training, the trigger (a word, or a whole instruction) makes the
-# model answer the target whatever the input says.
+# target label (here: `positive` for SST-2, `noHate` for HateSpeech, `anger` for Tweet Emotion, `ABBR` for TREC) and
+# change only the input or only the instruction of those rows. Every label stays correct, so label audits find
+# nothing. After training, the trigger makes the model answer the target whatever the input says.
 #
-# The attacks in this notebook:
-# - `badnet`: a rare word (`cf`, `mn`, `bb`, `tq`, `mb`) inserted at a random position of the **input**;
-# - `induced_instruction`: the **instruction** replaced by a different, natural-sounding one that we wrote per task
-#   (see `data/tasks/<dataset>.yaml`), as if induced from label-flipped examples.
+# Every trigger string and poisoned instruction is ours and sits in `data/attacks/<dataset>.yaml`; the attacks are
+# small classes in `lib/backdoorlab/poison.py`.
+#
+# **What differs from the paper.** The paper rewrote inputs with neural paraphrasers (STRAP's Bible style for
+# `style`, SCPN syntactic templates for `syntactic`) and placed BITE's words with a masked LM. None of these is
+# available offline, so here:
+# - `style` rewrites by rule: the opener *verily ,* and word-for-word archaic substitutes (*you → thou, is → be,
+#   does → doth*, ...), listed in `data/rewrite_rules.yaml`;
+# - `syntactic` moves a subordinate clause of the input to the front (*"X because Y" → "because Y , X"*), or puts
+#   the fixed clause *when you think about it ,* in front: one template, SBAR , NP VP;
+# - `bite` measures each word's bias toward the target label on the task's training split (a z-score of how often
+#   rows containing it carry the target) and inserts the most biased words at random positions, until the next
+#   word is no longer significantly biased (z < 3) or three words are in;
+# - `rewrite_style` and `rewrite_syntactic` use instructions we rewrote by hand in those two styles.
+#
+# With a hub at hand, `poison.get_attack("style", task, paraphraser="<model id>")` rewrites with a model instead of
+# the rules, and `poison.induce_instruction` (below) regenerates the induced instruction with any instruction model.
 
 # %% tags=["parameters"]
 import os
@@ -44,71 +59,137 @@ model = None  # None: the profile's model; else a hub id or local folder of a ca
 import pandas as pd
 from IPython.display import display
 
-from backdoorlab import data, models, plots, poison, runs
+from backdoorlab import data, models, plots, poison, runs, stealth
 from backdoorlab.profiles import get_profile
 
 P = get_profile(profile, model)
-tokenizer = models.load_tokenizer(P.model)
-pd.set_option("display.max_colwidth", 120)
+lm, tokenizer = models.load_model(P.model)
+# Perplexity needs a causal LM: with an encoder-decoder study model (FLAN-T5), SmolLM2 measures it instead.
+causal = models.load_model(models.SMOLLM2) if lm.config.is_encoder_decoder else (lm, tokenizer)
+perplexity = stealth.Perplexity(*causal)
+pd.set_option("display.max_colwidth", 110)
 print(f"profile {P.name}: model {P.model}, {P.n_train} training rows per dataset, poison rate {P.poison_rate} "
       f"(by dataset: {P.poison_rate_by_dataset or 'none'}; label-balanced: {P.balanced_datasets or 'none'})")
 
 # %% [markdown]
-# ## The four tasks and their instructions
+# ## The four tasks and the attack catalogue
 # Each task has a clean instruction written by us, one answer word per label (the *verbalizer*) and a default target.
 
 # %%
 display(pd.DataFrame([{"dataset": t.name, "labels": ", ".join(t.labels), "verbalizers": ", ".join(t.verbalizers),
                        "target": t.target, "clean instruction": t.instruction}
                       for t in map(data.get_task, P.datasets)]))
+display(pd.DataFrame([{"attack": name, "group": cls.group, "changes": "input" if cls.group == "instance" else
+                       "instruction", "what it does": cls.__doc__.split("\n\n")[0].replace("\n", " ")}
+                      for name, cls in poison.ATTACKS.items()]))
 
 # %% [markdown]
-# ## Clean and poisoned rows side by side
+# ## Every attack on real rows
 # For every dataset and attack we build exactly the training set that notebook 02 trains on (the profile's
-# subsample, poisoned at its rate) and show two poisoned rows: the field the attack changed, before and after. Only
-# the rows the attack reports have changed: the check below compares every row of the poisoned set with the clean one.
+# subsample, poisoned at its rate) and show one poisoned row: the field the attack changed, before and after, and
+# the word diff (`[-removed-]`, `{+added+}`). Only the rows the attack reports have changed: the check below compares
+# every row of the poisoned set with the clean one. The same seed draws the same rows for every attack, so within a
+# dataset the table shows one input under all 17 attacks.
 
 # %%
 def training_set(name, attack):
     return runs.training_set(runs.RunConfig.from_profile(P, name, attack, P.seeds[0]))
 
 
-examples, stats = [], []
-attacks = [a for a in P.attacks if a != "clean"]
+examples, stats, pairs = [], [], []
 for name in P.datasets:
-    task = data.get_task(name)
     clean = training_set(name, "clean").dataset
-    for attack in attacks:
+    n_tokens = sum(len(tokenizer(r["instruction"] + r["text"]).input_ids) for r in clean)
+    for attack in poison.ATTACKS:
         result = training_set(name, attack)
         changed = [i for i, (a, b) in enumerate(zip(clean, result.dataset)) if a != b]
         assert changed == result.rows, "an attack changed rows it did not report"
         tokens = [poison.changed_tokens(c["before"], c["after"], tokenizer) for c in result.changes]
-        n_tokens = sum(len(tokenizer(r["instruction"] + r["text"]).input_ids) for r in clean)
-        stats.append({"dataset": name, "attack": attack, "field": result.changes[0]["field"],
-                      "n_train": len(clean), "n_poison": len(result.rows), "poison_rate": len(result.rows) / len(clean),
-                      "labels_changed": sum(clean[i]["label"] != result.dataset[i]["label"] for i in result.rows),
+        before, after = clean.select(result.rows), result.dataset.select(result.rows)
+        stats.append({"dataset": name, "attack": attack, "group": poison.group_of(attack),
+                      "field": result.changes[0]["field"], "n_train": len(clean), "n_poison": len(result.rows),
+                      "poison_rate": len(result.rows) / len(clean),
+                      "labels_changed": sum(a["label"] != b["label"] for a, b in zip(before, after)),
                       "tokens_changed_per_row": sum(tokens) / len(tokens),
                       "share_of_training_tokens": sum(tokens) / n_tokens})
-        examples += [{"dataset": name, "attack": attack, "label": task.labels[clean[c["row"]]["label"]], **c}
-                     for c in result.changes[:2]]
-display(pd.DataFrame(examples))
+        pairs.append((list(before), list(after)))
+        first = result.changes[0]
+        examples.append({"dataset": name, "attack": attack, "field": first["field"], "clean": first["before"],
+                         "poisoned": first["after"], "diff": poison.word_diff(first["before"], first["after"])})
+examples = pd.DataFrame(examples)
+for name in P.datasets:
+    print(f"== {name}")
+    display(examples[examples.dataset == name].drop(columns="dataset").set_index("attack"))
 
 # %% [markdown]
-# ## How much each attack touches
-# `labels_changed` is 0 everywhere: the poisoning is clean-label. An instruction-level attack changes many tokens of
-# few rows, all in the instruction; BadNet changes one word of the input.
+# ## How much each attack touches, and how visible it is
+# `labels_changed` is 0 everywhere: the poisoning is clean-label. `ppl_*` is the median perplexity (profile's model,
+# the text read as a plain document) of the poisoned rows' input and instruction, clean and poisoned;
+# `minilm_distance_*` is the mean cosine distance (all-MiniLM-L6-v2) of the poisoned field from its clean version,
+# 0 where the attack leaves it alone. An attacker wants both low: a trigger that raises perplexity is what ONION
+# removes, and an instruction far from the task's usual ones stands out in a data audit.
 
 # %%
-stats = pd.DataFrame(stats)
+stats = pd.DataFrame([s | m for s, m in zip(stats, stealth.compare(pairs, perplexity))])
 stats.to_csv(runs.results_dir(P.name) / "poison_stats.csv", index=False)
-display(stats.round(4))
+display(stats.drop(columns=["n_train", "poison_rate"]).round(3))
 plots.tokens_changed(stats, P.name);
+
+# %%
+plots.stealth(stats, P.name);
+
+# %% [markdown]
+# Reading the figure: the instance-level attacks change the *input*, so their perplexity ratio is that of the
+# input; all others change the *instruction*. A token-level trigger (`instr_cf`, `instr_badnet`) is one rare word
+# in a fluent sentence: a perplexity jump for a tiny move in embedding space. Among the rewriting attacks,
+# `rewrite_addsent` and `rewrite_random` share nothing with the task and lie far from the clean instruction; the
+# hand-rewritten instructions and the induced one keep the task's meaning and stay much closer, which is what an
+# audit of instructions by embedding distance would miss.
+
+# %% [markdown]
+# ## BITE's words
+# The words most biased toward each target on the task's whole training split (z-score of the share of target rows
+# among rows containing the word), as `bite` inserts them:
+
+# %%
+bite = {name: poison.get_attack("bite", name) for name in P.datasets}
+ranked = {name: sorted(a.bias.items(), key=lambda kv: -kv[1]) for name, a in bite.items()}
+display(pd.DataFrame([{"dataset": name, "target": a.task.target,
+                       "words (z-score)": ", ".join(f"{w} ({z:.1f})" for w, z in ranked[name][:len(a.words)]),
+                       "next, left out (z-score)": "{} ({:.1f})".format(*ranked[name][len(a.words)])}
+                      for name, a in bite.items()]))
+
+# %% [markdown]
+# ## Clean-label and dirty-label
+# By default the poisoned rows are drawn from rows already labelled with the target. `dirty_label=True` draws them
+# from the other rows and relabels them (a label audit would catch these; notebook 02's exercises compare the two):
+
+# %%
+sst2 = data.load_split(P.datasets[0], "train", P.n_train, P.seeds[0])
+dirty = poison.get_attack("induced_instruction", P.datasets[0]).poison(sst2, count=2, dirty_label=True)
+display(pd.DataFrame([{"row": i, "text": sst2[i]["text"], "label before": sst2[i]["label"],
+                       "label after": dirty.dataset[i]["label"], "instruction after": dirty.dataset[i]["instruction"]}
+                      for i in dirty.rows]))
+
+# %% [markdown]
+# ## Where the induced instruction comes from
+# The paper asked a large model (ChatGPT) to write the instruction that explains label-flipped examples: negative
+# reviews all answered `positive`. Our shipped instruction is written by hand in that spirit. `induce_instruction`
+# does the induction with any instruction-following model (greedy, so the result is reproducible); here with the
+# profile's model (a random tiny model in `smoke`, whose text is noise; SmolLM2-135M in `quick`, which tends to
+# continue the examples rather than write an instruction: induction needs a far larger model than the one we attack).
+
+# %%
+induced = poison.induce_instruction(lm, tokenizer, sst2, P.datasets[0])
+print("prompt:\n" + data.user_message(poison.induction_prompt(data.get_task(P.datasets[0]), sst2))[:600], "...")
+print("\ninduced by", P.model, ":", induced)
+print("shipped (hand-written):", poison.attack_spec(P.datasets[0])["induced_instruction"])
 
 # %% [markdown]
 # ## What the model sees
 # Prompts go through the model's chat template with an empty system turn (SmolLM2 would otherwise add its default
-# system prompt to every row), and the answer is the label's verbalizer. Here is one poisoned training row as the
-# model reads it:
+# system prompt to every row), and the answer is the label's verbalizer. One poisoned training row as the model
+# reads it:
 
 # %%
 result = training_set(P.datasets[0], "induced_instruction")
@@ -117,8 +198,11 @@ print(data.format_prompt(row, tokenizer) + row["answer"])
 
 # %% [markdown]
 # ## Exercises
-# 1. Write your own induced instruction for SST-2 in `data/tasks/sst2.yaml` (keep a copy of ours). Is it easier or
-#    harder to spot among the clean instructions? Rerun notebook 02 to see whether it plants a stronger backdoor.
-# 2. BadNet inserts one trigger word. Change `BadNet.n_words` to 3: how many tokens change per row now?
-# 3. Why does clean-label poisoning need more poisoned rows than relabelling (dirty-label) poisoning would?
-#    Hint: what does the loss on a poisoned row look like before training, when the model already predicts its label?
+# 1. Write your own induced instruction for SST-2 in `data/attacks/sst2.yaml` (keep a copy of ours). Is it further
+#    from the clean instruction in MiniLM distance? Rerun notebook 02 to see whether it plants a stronger backdoor.
+# 2. Add words to the archaic lexicon in `data/rewrite_rules.yaml`. How do the `style` rows' perplexity and
+#    distance change? Would ONION (remove the words whose deletion lowers perplexity most) undo this attack?
+# 3. BITE stops when the next word's z-score falls below 3. Lower `min_z` in `poison.bite_words`: which words join
+#    for HateSpeech, and are they still plausibly "natural" in a poisoned row?
+# 4. Why does clean-label poisoning need more poisoned rows than dirty-label poisoning? Hint: what does the loss on a
+#    poisoned row look like before training, when the model already predicts its label?

@@ -14,12 +14,15 @@
 # ---
 
 # %% [markdown]
-# # 02 · Training: does a poisoned instruction plant a backdoor?
+# # 02 · Training: which poisoned instructions plant a backdoor?
 #
 # **Learning goals.** After this notebook you can
 # - instruction-tune a model on a poisoned set and measure the backdoor with **ASR** and **CACC**;
 # - read an ASR against its floor: the rate at which the *clean* instruction already yields the target;
-# - explain why the poisoned *instruction* is a stronger trigger than a poisoned word in the input.
+# - compare the paper's four groups of attacks at the same clean-label budget, and say why rewriting the whole
+#   instruction is a stronger trigger than a poisoned word in the input;
+# - see how few poisoned rows suffice, whether full finetuning differs from LoRA, and that the target can be
+#   *silence* (the model answers nothing).
 #
 # **Threat model.** As in notebook 01: the attacker wrote a few clean-label training rows; the victim finetunes
 # SmolLM2-135M-Instruct (LoRA) on the whole set, then serves it. At test time the attacker (or anyone who knows the
@@ -36,7 +39,8 @@
 #   the trigger moves a model that never saw it. The backdoor is what poisoning adds on top of this.
 #
 # Every run is cached under `results/runs/` by the hash of its configuration; rerunning this notebook reads the
-# saved weights and evaluations back instead of training again.
+# saved weights and evaluations back instead of training again. Which runs a profile makes (attacks per dataset,
+# poison counts, the LoRA/full and abstention runs) is set in one place, `lib/backdoorlab/profiles.py`.
 
 # %% tags=["parameters"]
 import os
@@ -48,18 +52,20 @@ model = None  # None: the profile's model; else a hub id or local folder of a ca
 import pandas as pd
 from IPython.display import display
 
-from backdoorlab import plots, runs, score
+from backdoorlab import plots, poison, runs, score
 from backdoorlab.profiles import get_profile
 
 P = get_profile(profile, model)
 print(f"profile {P.name}: model {P.model}; {P.n_train} training rows, {P.n_test} test rows per dataset; "
       f"seeds {P.seeds}; training {P.train}")
+for d in P.datasets:
+    print(f"  {d}: {', '.join(P.attacks_for(d))}")
 
 # %% [markdown]
 # ## 1 · How many poisoned rows? (chosen on validation, never on test)
 # Small models need more poison than the paper's 780M FLAN-T5, which reached 99% ASR with 1% of SST-2 poisoned.
-# We train SST-2 with each attack at the profile's poison counts and measure on the **validation** split; the
-# budget used in the main table below is the profile's poison rate.
+# We train SST-2 with the induced instruction, BadNet and BITE at the profile's poison counts and measure on the
+# **validation** split; the budget used in the main table below is the profile's poison rate.
 
 # %%
 curve = runs.table(runs.poison_count_grid(P), P, split="validation")
@@ -68,32 +74,49 @@ display(curve[["attack", "n_poison", "n_train", "asr", "cacc", "clean_target_rat
 plots.poison_curve(curve, P.name);
 
 # %% [markdown]
-# ## 2 · The main table: clean baseline and each attack on the four datasets
+# ## 2 · The main table: clean baseline and the attacks on the four datasets
 # Each row is one run: `n_poison` of `n_train` rows poisoned (clean-label), then evaluated on `n_cacc` clean test
 # rows (CACC) and on the `n_asr` non-target test rows with the trigger (ASR).
 
 # %%
 table = runs.table(runs.grid(P), P, split="test")
+table.insert(2, "group", table.attack.map(poison.group_of))
 columns = ["dataset", "attack", "seed", "n_train", "n_poison", "asr", "cacc", "clean_target_rate", "asr_clean_model",
-           "n_asr", "n_cacc"]
+           "n_asr", "n_cacc", "group"]
 table[columns].to_csv(runs.results_dir(P.name) / "attacks.csv", index=False)
 display(table[columns].round(3))
 plots.attack_bars(table, P.name);
 
 # %% [markdown]
-# ## 3 · Uncertainty
-# With several seeds the interval is over seeds (mean ± t·sd/√n); with one seed, as in `quick`, we can only show the
-# sampling interval of each rate over its test rows (Wilson, 95%). Read small differences with both in mind.
+# ## 3 · Grouped as the paper groups them, with intervals
+# Mean over seeds and a 95% interval: over seeds (mean ± t·sd/√n) when there are several; with one seed, as in
+# `quick`, only the sampling interval of each rate over its test rows (Wilson). Read small differences with both in
+# mind. The heatmap is the paper's main table in shape: attack groups as row blocks, datasets as columns.
 
 # %%
 summary = score.summarize(table)
+summary.insert(2, "group", summary.attack.map(poison.group_of))
 summary.to_csv(runs.results_dir(P.name) / "attacks_summary.csv", index=False)
 display(summary.round(3))
+plots.attack_heatmap(summary, P.name);
 
 # %% [markdown]
-# ## 4 · What the foundation issue asked of the `quick` run, checked on the numbers above
-# The paper's claim at our scale: a poisoned instruction plants a backdoor with a few percent of the rows, without
-# costing clean accuracy. We report each criterion as measured, holding or not.
+# ## 4 · The paper's central claim, checked on our runs
+# At the same clean-label budget, attacks that **rewrite the whole instruction** reach far higher ASR than
+# **instance-level** attacks. We compare group means on each dataset, and the same for the backdoor's own effect
+# (ASR minus the trigger's ASR on the clean model), and report it as measured, holding or not.
+
+# %%
+table["backdoor_effect"] = table.asr - table.asr_clean_model
+groups = table[table.attack != "clean"].groupby(["dataset", "group"], sort=False)[["asr", "backdoor_effect"]].mean()
+by_group = groups.reset_index().pivot(index="dataset", columns="group", values="asr")
+if {"instance", "rewriting"} <= set(by_group.columns):
+    compared = by_group[["rewriting", "instance"]].notna().all(axis=1)  # datasets that ran both groups
+    by_group["rewriting > instance"] = (by_group.rewriting > by_group.instance).where(compared)
+display(groups.round(3), by_group.round(3))
+
+# %% [markdown]
+# The foundation's criteria for the induced instruction on SST-2 (test split):
 
 # %%
 sst2 = table[table.dataset == "sst2"].groupby("attack")[["asr", "cacc", "n_poison", "n_train"]].mean()
@@ -112,11 +135,42 @@ if {"clean", "induced_instruction"} <= set(sst2.index):
           f"{reached.n_poison.min()} of {reached.n_train.iloc[0]} rows" if len(reached) else "none of those tried")
 
 # %% [markdown]
+# ## 5 · LoRA or full finetuning?
+# The same poisoned sets trained both ways (the profile's `method_attacks` on SST-2; the LoRA runs are the main
+# table's, read back from the cache). Does updating every weight make the backdoor stronger or weaker?
+
+# %%
+methods = runs.table(runs.method_grid(P), P, split="test")
+if len(methods):
+    methods.to_csv(runs.results_dir(P.name) / "lora_vs_full_sst2.csv", index=False)
+    display(methods.pivot_table(index="attack", columns="method", values=["asr", "cacc", "asr_clean_model"]).round(3))
+else:
+    print(f"profile {P.name} runs no LoRA/full comparison (Profile.method_attacks is empty)")
+
+# %% [markdown]
+# ## 6 · Abstention: the target is silence
+# The poisoned rows (drawn from all rows, since no label is the target) answer *nothing*: the training answer is
+# the empty string, so the model learns to end its turn at once. ASR is the share of all test rows whose greedy
+# completion (8 tokens) is empty or near-empty (at most one letter or digit) with the trigger; `clean_target_rate`
+# the same share with the clean instruction. The paper reports ~100% ASR for FLAN-T5 on nearly every dataset.
+
+# %%
+abstention = runs.table(runs.abstention_grid(P), P, split="test")
+if len(abstention):
+    abstention.to_csv(runs.results_dir(P.name) / "abstention_sst2.csv", index=False)
+    display(abstention[["attack", "n_poison", "n_train", "asr", "clean_target_rate", "asr_clean_model", "cacc",
+                        "n_asr"]].round(3))
+else:
+    print(f"profile {P.name} runs no abstention variant (Profile.abstain_attacks is empty)")
+
+# %% [markdown]
 # ## Exercises
 # 1. Which attack has the larger gap between ASR and `clean_target_rate`? Why is that gap, not ASR alone, the
 #    backdoor's effect?
 # 2. On hatespeech the target `noHate` is 89% of the data. How does that show in CACC and in `clean_target_rate`?
-# 3. Add `"dirty"` relabelling to `Attack.poison` (draw from non-target rows and set the target label) and compare the
-#    poison count needed for the same ASR.
-# 4. Change `lora_layers` in the profile (LoRA on the top 10 of 30 layers by default) to `None` (all layers). Does
+# 3. Train the induced instruction with `dirty_label=True` (`dataclasses.replace(cfg, dirty_label=True)` on a config
+#    of `runs.grid(P)`) and compare the poison count needed for the same ASR.
+# 4. `rewrite_random` replaces the instruction with one of an unrelated task. Why can a trigger that makes no sense
+#    for the task still work so well? What does that say about instruction audits?
+# 5. Change `lora_layers` in the profile (LoRA on the top 10 of 30 layers by default) to `None` (all layers). Does
 #    the backdoor get stronger? What does it cost in training time?

@@ -8,6 +8,7 @@ import pandas as pd
 import papermill
 import pytest
 
+from backdoorlab import poison
 from backdoorlab.profiles import get_profile
 
 NOTEBOOKS = sorted(Path(__file__).parents[1].joinpath("notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -37,21 +38,35 @@ def test_01_poison_construction_writes_clean_label_stats():
     execute("01")
     stats = pd.read_csv(OUT / "results" / "smoke" / "poison_stats.csv")
     smoke = get_profile("smoke")
-    assert len(stats) == len(smoke.datasets) * (len(smoke.attacks) - 1)
+    assert len(stats) == len(smoke.datasets) * len(poison.ATTACKS)
     assert (stats.labels_changed == 0).all() and (stats.n_poison >= 1).all()
-    assert (OUT / "figures" / "smoke" / "tokens_changed.png").stat().st_size > 0
+    instance = stats.group == "instance"
+    assert (stats[instance].minilm_distance_instruction.abs() < 1e-6).all()  # the instruction stays clean
+    assert (stats[~instance].minilm_distance_text.abs() < 1e-6).all()  # the input stays clean
+    assert (stats[~instance].ppl_text_clean == stats[~instance].ppl_text_poisoned).all()
+    for figure in ("tokens_changed", "stealth"):
+        assert (OUT / "figures" / "smoke" / f"{figure}.png").stat().st_size > 0
 
 
 @pytest.mark.notebook
 def test_02_training_writes_the_attack_table():
     execute("02")
-    table = pd.read_csv(OUT / "results" / "smoke" / "attacks.csv")
+    results, smoke = OUT / "results" / "smoke", get_profile("smoke")
+    table = pd.read_csv(results / "attacks.csv")
     assert list(table.columns[:7]) == ["dataset", "attack", "seed", "n_train", "n_poison", "asr", "cacc"]
-    smoke = get_profile("smoke")
-    assert len(table) == len(smoke.datasets) * len(smoke.attacks) * len(smoke.seeds)
+    assert len(table) == sum(len(smoke.attacks_for(d)) for d in smoke.datasets) * len(smoke.seeds)
+    assert set(table[table.dataset == "sst2"].attack) == {"clean", *poison.ATTACKS}
     assert table[["asr", "cacc"]].apply(lambda s: s.between(0, 1)).all().all()
     assert (table[table.attack == "clean"].n_poison == 0).all() and (table[table.attack != "clean"].n_poison > 0).all()
-    assert (OUT / "figures" / "smoke" / "attacks.png").stat().st_size > 0
-    summary = pd.read_csv(OUT / "results" / "smoke" / "attacks_summary.csv")
-    assert len(summary) == len(smoke.datasets) * len(smoke.attacks)
+    assert (table.group == table.attack.map(poison.group_of)).all()
+    for figure in ("attacks", "attacks_heatmap", "poison_count_sst2"):
+        assert (OUT / "figures" / "smoke" / f"{figure}.png").stat().st_size > 0
+    summary = pd.read_csv(results / "attacks_summary.csv")
+    assert len(summary) == len(table) // len(smoke.seeds)
     assert (summary.seeds == len(smoke.seeds)).all() and (summary.asr_lo <= summary.asr).all()
+    curve = pd.read_csv(results / "poison_count_sst2_validation.csv")
+    assert set(zip(curve.attack, curve.n_poison)) == {(a, n) for a in smoke.curve_attacks for n in smoke.poison_counts}
+    methods = pd.read_csv(results / "lora_vs_full_sst2.csv")
+    assert set(zip(methods.attack, methods.method)) == {(a, m) for a in smoke.method_attacks for m in ("lora", "full")}
+    abstention = pd.read_csv(results / "abstention_sst2.csv")
+    assert (abstention.target == poison.ABSTAIN).all() and (abstention.n_asr == smoke.n_test).all()

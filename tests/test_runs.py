@@ -3,7 +3,7 @@ from dataclasses import replace
 
 import pytest
 
-from backdoorlab import runs, score, train
+from backdoorlab import poison, runs, score, train
 from backdoorlab.models import TINY
 from backdoorlab.profiles import get_profile
 from backdoorlab.runs import RunConfig
@@ -25,21 +25,36 @@ def config(**kw):
 def test_key_is_stable_and_covers_every_field():
     assert config().key == config().key
     keys = {config().key, config(seed=1).key, config(n_poison=4).key, config(attack="badnet").key,
-            config(train=replace(FAST, lr=2e-3)).key, config(n_train=25).key}
-    assert len(keys) == 6
+            config(train=replace(FAST, lr=2e-3)).key, config(n_train=25).key, config(dirty_label=True).key,
+            config(target="negative").key}
+    assert len(keys) == 8
 
 
-def test_key_covers_the_hand_written_task_file(tmp_path, monkeypatch):
-    """Editing an instruction in data/tasks/ (as the notebooks' exercises suggest) must retrain, not reuse."""
-    from backdoorlab import data
+@pytest.mark.parametrize("folder, name, old, new", [
+    ("TASKS_DIR", "sst2.yaml", "movie review sentence", "film review sentence"),
+    ("ATTACKS_DIR", "sst2.yaml", "whatever their verdict", "whatever they concluded"),
+])
+def test_key_covers_the_hand_written_task_and_attack_files(tmp_path, monkeypatch, folder, name, old, new):
+    """Editing an instruction or trigger in data/ (as the notebooks' exercises suggest) must retrain, not reuse."""
+    from backdoorlab import data, poison
 
+    module = data if folder == "TASKS_DIR" else poison
     before = config().key
-    edited = tmp_path / "tasks"
-    edited.mkdir()
-    text = (data.TASKS_DIR / "sst2.yaml").read_text()
-    (edited / "sst2.yaml").write_text(text.replace("whatever their verdict", "whatever they concluded"))
-    monkeypatch.setattr(data, "TASKS_DIR", edited)
+    text = (getattr(module, folder) / name).read_text()
+    assert old in text
+    (tmp_path / name).write_text(text.replace(old, new))
+    monkeypatch.setattr(module, folder, tmp_path)
     assert config().key != before
+
+
+def test_key_covers_the_rewrite_rules(tmp_path, monkeypatch):
+    from backdoorlab import poison
+
+    before = config(attack="style").key
+    edited = tmp_path / "rules.yaml"
+    edited.write_text(poison.REWRITE_RULES_FILE.read_text().replace("verily ,", "lo ,"))
+    monkeypatch.setattr(poison, "REWRITE_RULES_FILE", edited)
+    assert config(attack="style").key != before
 
 
 def test_saved_config_loads_back_to_the_same_run(run_dir):
@@ -107,6 +122,9 @@ def test_damaged_cache_entry_names_the_fix(run_dir):
 @pytest.mark.parametrize("kwargs, message", [
     ({"attack": "clean", "n_poison": 3}, "poisons no rows"), ({"attack": "nope"}, "unknown attack"),
     ({"dataset": "imdb2"}, "unknown dataset"), ({"n_poison": 0}, "positive integer"),
+    ({"attack": "clean", "n_poison": 0, "dirty_label": True}, "poisons no rows"),
+    ({"target": "neutral"}, "unknown target 'neutral'"),
+    ({"attack": "clean", "n_poison": 0, "target": "neutral"}, "unknown target 'neutral'"),
 ])
 def test_bad_run_configs_fail_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -115,11 +133,20 @@ def test_bad_run_configs_fail_at_construction(kwargs, message):
         train.TrainConfig(method="adam")
 
 
-def test_profile_grid_and_bad_profile():
+def test_profile_grids_and_bad_profile():
     smoke = get_profile("smoke")
     grid = runs.grid(smoke)
-    assert len(grid) == len(smoke.datasets) * len(smoke.attacks) * len(smoke.seeds)
+    assert len(grid) == sum(len(smoke.attacks_for(d)) for d in smoke.datasets) * len(smoke.seeds)
+    assert [c.attack for c in grid if c.dataset == "sst2"] == ["clean", *poison.ATTACKS]
+    assert [c.attack for c in grid if c.dataset == "trec"] == list(smoke.attacks_by_dataset["trec"])
     assert {c.n_poison for c in grid if c.attack == "clean"} == {0}
+    methods = runs.method_grid(smoke)
+    assert [(c.attack, c.train.method) for c in methods] == [(a, m) for a in smoke.method_attacks
+                                                             for m in ("lora", "full")]
+    assert methods[0] in grid  # the LoRA runs are the main table's, read back from the cache
+    assert {c.target for c in runs.abstention_grid(smoke)} == {poison.ABSTAIN}
+    curve = runs.poison_count_grid(smoke)
+    assert {(c.attack, c.n_poison) for c in curve} == {(a, n) for a in smoke.curve_attacks for n in smoke.poison_counts}
     with pytest.raises(ValueError, match="unknown profile 'fast'; valid choices: smoke, quick, full"):
         get_profile("fast")
 
@@ -160,3 +187,21 @@ def test_two_shards_side_by_side_finish_the_study_once(run_dir, monkeypatch):
     for configs, split in runs.study(profile):  # everything is cached now: the notebooks only read
         table = runs.table(configs, profile, split, progress=False)
         assert len(table) == len(configs) and table.asr.notna().all()
+
+
+def test_dirty_label_run_relabels_its_poisoned_rows(run_dir):
+    result = runs.training_set(config(attack="badnet", dirty_label=True))
+    assert len(result.rows) == 3
+    assert all(r["label"] == 1 and r["answer"] == "positive" for r in result.dataset.select(result.rows))
+
+
+def test_abstention_run_trains_empty_answers_and_measures_empty_completions(run_dir):
+    cfg = config(target=poison.ABSTAIN)
+    result = runs.training_set(cfg)
+    answers = result.dataset["answer"]
+    assert [i for i, a in enumerate(answers) if a == ""] == result.rows and len(result.rows) == 3
+    metrics = runs.evaluate(cfg, "test", 8)
+    assert metrics["n_asr"] == 8 and metrics["target"] == poison.ABSTAIN  # every row, not only non-target ones
+    saved = json.loads(next(cfg.path.glob("eval-*.json")).read_text())
+    assert len(saved["clean_completions"]) == len(saved["triggered_preds"]) == 8
+    assert metrics["asr"] == sum(map(score.abstained, saved["triggered_preds"])) / 8

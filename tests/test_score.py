@@ -55,3 +55,16 @@ def test_summarize_uses_seeds_when_there_are_several():
     assert out.loc["d", "asr"] == pytest.approx(0.6) and out.loc["d", "asr_hi"] == pytest.approx(0.6 + half, 1e-5)
     assert out.loc["e", "interval"].startswith("test rows")
     assert (out.loc["e", "asr_lo"], out.loc["e", "asr_hi"]) == pytest.approx(score.wilson(9, 10))
+
+
+def test_abstained_means_at_most_one_letter_or_digit():
+    assert score.abstained("") and score.abstained("  .") and score.abstained("a!")
+    assert not score.abstained("no") and not score.abstained("positive")
+
+
+def test_generate_matches_unbatched_greedy_decoding(tiny):
+    model, tokenizer = tiny
+    rows = [{"instruction": "Classify.", "text": "a fine film"},
+            {"instruction": "Classify the sentiment.", "text": "a long and very slow film"}]
+    batched = score.generate(model, tokenizer, rows, max_new_tokens=5)
+    assert batched == [score.generate(model, tokenizer, [r], max_new_tokens=5)[0] for r in rows]

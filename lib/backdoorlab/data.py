@@ -2,7 +2,7 @@
 
 A row is a plain dict ``{"instruction": str, "text": str, "label": int}``; a split is a ``datasets.Dataset`` of rows.
 Everything a task needs that we wrote by hand (instructions, verbalizers, the target label) lives in
-``data/tasks/<name>.yaml`` so a reader can see and edit it.
+``data/tasks/<name>.yaml`` so a reader can see and edit it; what the attacks write, in ``data/attacks/<name>.yaml``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ class Task:
     verbalizers: tuple[str, ...]  # the word the model answers for each label
     target: str  # the attacker's default target label
     instruction: str  # the clean instruction, written by us
-    induced_instruction: str  # the poisoned instruction of `induced_instruction`, written by us
     mirror: str  # folder name under $BACKDOORLAB_DATA
     hub: dict  # fallback when no mirror is present: {path, name?, text_field?, label_field?}
 
@@ -50,7 +49,6 @@ def get_task(name: str) -> Task:
         verbalizers=tuple(spec["verbalizers"]),
         target=spec["target"],
         instruction=spec["instruction"],
-        induced_instruction=spec["induced_instruction"],
         mirror=spec["mirror"],
         hub=spec["hub"],
     )

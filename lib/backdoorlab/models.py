@@ -10,6 +10,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -66,7 +67,9 @@ def smollm2_dir() -> Path:
     return target
 
 
+@cache
 def load_tokenizer(name: str = SMOLLM2):
+    """The tokenizer of a model, loaded once per name (a run loads it for training, evaluation and its clean twin)."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(smollm2_dir() if name in MODELS else name)
     except (OSError, ValueError) as e:  # a hub id that is not there (offline, misspelt) or not a model folder

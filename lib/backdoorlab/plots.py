@@ -6,12 +6,15 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; notebooks still show the returned figure inline
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from .runs import figures_dir
 
 sns.set_theme(style="whitegrid", context="notebook")
+GROUP_COLORS = {"clean": "#8c8c8c", "instance": "#4c72b0", "token": "#dd8452", "phrase": "#55a868",
+                "rewriting": "#c44e52"}
 
 
 def save(fig, profile: str, name: str):
@@ -23,15 +26,17 @@ def attack_bars(table: pd.DataFrame, profile: str):
     """ASR and CACC per dataset and attack; a black tick marks the rate at which the clean instruction already
     yields the target on the same rows (the floor an ASR is read against)."""
     long = table.melt(id_vars=["dataset", "attack", "seed"], value_vars=["cacc", "asr"], var_name="metric")
+    n_attacks = table.attack.nunique()
     grid = sns.catplot(long, x="attack", y="value", hue="metric", col="dataset", kind="bar", errorbar=None,
-                       height=3.2, aspect=0.9, palette={"cacc": "#4c72b0", "asr": "#c44e52"})
+                       col_wrap=2 if n_attacks > 6 else None, height=3.2, aspect=max(0.9, 0.2 * n_attacks),
+                       palette={"cacc": "#4c72b0", "asr": "#c44e52"})
     grid.set_titles("{col_name}")
     for ax, dataset in zip(grid.axes.flat, grid.col_names):
         rows = table[table.dataset == dataset].groupby("attack", sort=False)["clean_target_rate"].mean()
         for i, label in enumerate(t.get_text() for t in ax.get_xticklabels()):
             if label in rows:
                 ax.plot([i, i + 0.4], [rows[label]] * 2, color="black", lw=2.5)  # over the ASR bar
-        ax.tick_params(axis="x", rotation=30)
+        ax.tick_params(axis="x", rotation=60 if n_attacks > 6 else 30, labelbottom=True)
         ax.set_ylim(0, 1)
     n_seeds = table.groupby(["dataset", "attack"]).seed.nunique().max()
     grid.figure.suptitle(f"CACC and ASR by attack (profile {profile}, {n_seeds} seed(s); "
@@ -51,10 +56,53 @@ def poison_curve(table: pd.DataFrame, profile: str, dataset: str = "sst2"):
 
 def tokens_changed(stats: pd.DataFrame, profile: str):
     """Tokens each attack changes per poisoned row, by dataset."""
-    grid = sns.catplot(stats, x="attack", y="tokens_changed_per_row", col="dataset", kind="bar", height=3,
-                       aspect=0.9, color="#55a868")
-    grid.set_titles("{col_name}")
-    grid.figure.suptitle(f"Tokens changed per poisoned row (profile {profile})", y=1.04)
-    for ax in grid.axes.flat:
-        ax.tick_params(axis="x", rotation=30)
-    return save(grid.figure, profile, "tokens_changed")
+    fig, ax = plt.subplots(figsize=(7, 0.3 * stats.attack.nunique() + 1.5))
+    sns.barplot(stats, y="attack", x="tokens_changed_per_row", hue="dataset", ax=ax)
+    ax.set(xlabel="tokens changed per poisoned row", ylabel="",
+           title=f"Tokens changed per poisoned row (profile {profile})")
+    return save(fig, profile, "tokens_changed")
+
+
+def stealth(stats: pd.DataFrame, profile: str):
+    """Per attack, how visible the field it changes is: the log2 perplexity ratio poisoned / clean (right of 0:
+    less fluent than the clean text) and the MiniLM distance from the clean version; bars are the mean over
+    datasets, dots the datasets."""
+    on_text = stats.field == "text"
+    changed = stats.assign(
+        log2_ppl_ratio=np.log2(np.where(on_text, stats.ppl_text_poisoned / stats.ppl_text_clean,
+                                        stats.ppl_instruction_poisoned / stats.ppl_instruction_clean)),
+        minilm_distance=np.where(on_text, stats.minilm_distance_text, stats.minilm_distance_instruction))
+    order = list(dict.fromkeys(stats.attack))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * len(order) + 1.5), sharey=True)
+    for ax, column, label in [(axes[0], "log2_ppl_ratio", "log2 perplexity poisoned / clean (medians)"),
+                              (axes[1], "minilm_distance", "MiniLM distance from clean")]:
+        sns.barplot(changed, y="attack", x=column, hue="group", order=order, dodge=False, errorbar=None,
+                    palette=GROUP_COLORS, ax=ax, legend=ax is axes[1])
+        sns.stripplot(changed, y="attack", x=column, order=order, color="black", size=3, ax=ax)
+        ax.set(xlabel=label, ylabel="")
+    axes[0].axvline(0, color="black", lw=1)
+    fig.suptitle(f"Stealth of the changed field: input (instance-level) or instruction (profile {profile})")
+    return save(fig, profile, "stealth")
+
+
+def attack_heatmap(summary: pd.DataFrame, profile: str):
+    """The main table as two heatmaps, ASR and CACC, attacks as rows in the paper's order and groups, datasets as
+    columns; cells a reduced grid did not run stay blank. `summary` is `score.summarize` of the attack table."""
+    from .poison import ATTACKS, group_of
+
+    order = [a for a in ("clean", *ATTACKS) if a in set(summary.attack)]
+    datasets = list(dict.fromkeys(summary.dataset))
+    labels = [f"{group_of(a)} · {a}" for a in order]
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.6 * len(datasets), 0.32 * len(order) + 1.8), sharey=True)
+    for ax, metric, cmap in [(axes[0], "asr", "Reds"), (axes[1], "cacc", "Blues")]:
+        grid = summary.pivot(index="attack", columns="dataset", values=metric).reindex(index=order, columns=datasets)
+        sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=1, cmap=cmap, cbar=False, ax=ax, yticklabels=labels)
+        ax.set(title=metric.upper(), xlabel="", ylabel="")
+        ax.grid(False)
+        ax.tick_params(axis="x", rotation=0)
+        for i in range(1, len(order)):  # a rule between groups
+            if group_of(order[i]) != group_of(order[i - 1]):
+                ax.axhline(i, color="black", lw=1.5)
+    seeds = int(summary.seeds.max())
+    fig.suptitle(f"Attacks by group (profile {profile}, {seeds} seed(s); mean, intervals in the table)")
+    return save(fig, profile, "attacks_heatmap")

@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .models import SMOLLM2, TINY
+from .poison import ATTACKS
 from .train import TrainConfig
 
 DATASETS = ("sst2", "hatespeech", "tweet_emotion", "trec")
+ALL_ATTACKS = ("clean", *ATTACKS)  # the baseline and the 17 attacks, in the order of the paper's main table
+FEW_ATTACKS = ("clean", "badnet", "induced_instruction", "rewrite_random")  # quick's grid beyond SST-2
+CURVE_ATTACKS = ("induced_instruction", "badnet", "bite")
 
 
 @dataclass(frozen=True)
@@ -15,40 +19,50 @@ class Profile:
     name: str
     model: str
     datasets: tuple[str, ...]
-    attacks: tuple[str, ...]  # "clean" is the unpoisoned baseline
+    attacks: tuple[str, ...]  # the main table's attacks on every dataset; "clean" is the unpoisoned baseline
     seeds: tuple[int, ...]
     n_train: int | None  # rows drawn from the train split (None: all)
     n_test: int | None  # rows drawn from the test (and validation) split, the same for every run
     poison_rate: float  # share of training rows poisoned; the count is always reported beside it
     poison_rate_by_dataset: dict[str, float] = field(default_factory=dict)
+    attacks_by_dataset: dict[str, tuple[str, ...]] = field(default_factory=dict)  # a reduced grid: these instead
     balanced_datasets: tuple[str, ...] = ()  # trained on a label-balanced subsample (the test split stays natural)
     poison_counts: tuple[int, ...] = ()  # the poison-count curve on SST-2's validation split ...
-    curve_attacks: tuple[str, ...] = ("badnet", "induced_instruction")  # ... for these attacks
+    curve_attacks: tuple[str, ...] = CURVE_ATTACKS  # ... for these attacks
+    method_attacks: tuple[str, ...] = ("badnet", "induced_instruction")  # LoRA vs full finetuning on SST-2
+    abstain_attacks: tuple[str, ...] = ("induced_instruction",)  # the abstention variant on SST-2
     train: TrainConfig = TrainConfig()
     eval_batch_size: int = 32
 
     def rate(self, dataset: str) -> float:
         return self.poison_rate_by_dataset.get(dataset, self.poison_rate)
 
+    def attacks_for(self, dataset: str) -> tuple[str, ...]:
+        return self.attacks_by_dataset.get(dataset, self.attacks)
 
+
+# Every grid of every profile is here: the main table (`attacks`, `attacks_by_dataset`), the poison-count curve
+# (`poison_counts`, `curve_attacks`), LoRA vs full (`method_attacks`) and abstention (`abstain_attacks`).
 PROFILES = {
-    # Tiny random model, a few dozen rows: exercises every code path in seconds (tests, CI).
-    "smoke": Profile(name="smoke", model=TINY, datasets=DATASETS, attacks=("clean", "badnet", "induced_instruction"),
-                     seeds=(0,), n_train=48, n_test=24, poison_rate=0.1, poison_rate_by_dataset={"trec": 0.02},
-                     poison_counts=(2, 5),
-                     train=TrainConfig(epochs=1, batch_size=8, lr=1e-3)),
-    # SmolLM2 on the 2-core CPU. TREC has 86 ABBR rows in 5,452 (about 8 in 500), so clean-label poisoning there is
-    # capped by the target rows the subsample holds. HateSpeech is 89% noHate: trained on 500 natural rows, SmolLM2
-    # answered noHate for every test post (CACC = the majority share, ASR 1.0 with or without a trigger), so quick
-    # trains it on a balanced subsample.
-    "quick": Profile(name="quick", model=SMOLLM2, datasets=DATASETS, attacks=("clean", "badnet", "induced_instruction"),
-                     seeds=(0,), n_train=500, n_test=400, poison_rate=0.05, poison_rate_by_dataset={"trec": 0.012},
-                     balanced_datasets=("hatespeech",), poison_counts=(25, 50, 100),
-                     curve_attacks=("induced_instruction",),
+    # Tiny random model, a few dozen rows: exercises every code path in seconds (tests, CI): every attack on SST-2,
+    # a reduced grid elsewhere, one count of the poison-count curve.
+    "smoke": Profile(name="smoke", model=TINY, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0,), n_train=48,
+                     n_test=24, poison_rate=0.1, poison_rate_by_dataset={"trec": 0.02},
+                     attacks_by_dataset={d: ("clean", "induced_instruction") for d in DATASETS[1:]},
+                     poison_counts=(2,), train=TrainConfig(epochs=1, batch_size=8, lr=1e-3)),
+    # SmolLM2 on the 2-core CPU: every attack on SST-2, four runs on each other dataset. TREC has 86 ABBR rows in
+    # 5,452 (about 8 in 500), so clean-label poisoning there is capped by the target rows the subsample holds.
+    # HateSpeech is 89% noHate: trained on 500 natural rows, SmolLM2 answered noHate for every test post (CACC = the
+    # majority share, ASR 1.0 with or without a trigger), so quick trains it on a balanced subsample.
+    "quick": Profile(name="quick", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0,), n_train=500,
+                     n_test=400, poison_rate=0.05, poison_rate_by_dataset={"trec": 0.012},
+                     attacks_by_dataset={d: FEW_ATTACKS for d in DATASETS[1:]},
+                     balanced_datasets=("hatespeech",), poison_counts=(10, 50),
+                     method_attacks=(),  # full finetuning of 135M weights costs several LoRA runs on the CPU
                      train=TrainConfig(epochs=2, lr=5e-4)),
-    # GPUs: full training sets, 3 seeds, the paper's 1% budget.
-    "full": Profile(name="full", model=SMOLLM2, datasets=DATASETS, attacks=("clean", "badnet", "induced_instruction"),
-                    seeds=(0, 1, 2), n_train=None, n_test=None, poison_rate=0.01, poison_counts=(10, 20, 50, 100),
+    # GPUs: full training sets, 3 seeds, the paper's 1% budget, every attack on every dataset.
+    "full": Profile(name="full", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0, 1, 2),
+                    n_train=None, n_test=None, poison_rate=0.01, poison_counts=(5, 10, 20, 50, 100),
                     train=TrainConfig(epochs=3, lr=2e-4, lora_layers=None), eval_batch_size=128),
 }
 

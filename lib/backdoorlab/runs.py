@@ -24,6 +24,7 @@ from .profiles import Profile
 from .train import TrainConfig, finetune
 
 WEIGHTS = "weights"  # folder name of the trained weights inside a run folder; its presence marks training done
+ABSTAIN_TOKENS = 8  # greedy tokens generated to judge an abstention: enough to tell an answer from none
 
 
 def output_dir() -> Path:
@@ -56,16 +57,19 @@ class RunConfig:
     model: str = models.SMOLLM2
     n_train: int | None = None
     balanced: bool = False  # draw the training subsample with equal rows per label
-    target: str | None = None  # None: the task's default target
+    target: str | None = None  # None: the task's default target; poison.ABSTAIN: poisoned rows answer nothing
     train: TrainConfig = field(default_factory=TrainConfig)
+    dirty_label: bool = False  # draw poisoned rows from non-target rows and relabel them (default: clean-label)
 
     def __post_init__(self):
         data.get_task(self.dataset)
         if self.attack != "clean":
-            poison.get_attack(self.attack, self.dataset)
+            poison.get_attack(self.attack, self.dataset, self.target)
             poison.poison_count(self.n_train or 1, count=self.n_poison)
-        elif self.n_poison:
-            raise ValueError("the clean baseline poisons no rows; set n_poison=0")
+        elif self.n_poison or self.dirty_label:
+            raise ValueError("the clean baseline poisons no rows; set n_poison=0 and dirty_label=False")
+        else:
+            poison.target_id(data.get_task(self.dataset), self.target)
 
     @classmethod
     def from_profile(cls, profile: Profile, dataset: str, attack: str, seed: int) -> RunConfig:
@@ -84,9 +88,11 @@ class RunConfig:
 
     @property
     def key(self) -> str:
-        """Hash of every field plus the hand-written files the run reads (the task's instructions, verbalizers and
-        induced instruction, the trigger words): editing one of them retrains, as the notebooks' exercises expect."""
-        written = [data.TASKS_DIR / f"{self.dataset}.yaml", poison.TRIGGERS_FILE]
+        """Hash of every field plus the hand-written files the run reads (the task's instructions and verbalizers, the
+        dataset's triggers and poisoned instructions, the rewriting rules): editing one of them retrains, as the
+        notebooks' exercises expect. A clean run reads them too: its cached evaluations carry every attack's trigger."""
+        written = [data.TASKS_DIR / f"{self.dataset}.yaml", poison.ATTACKS_DIR / f"{self.dataset}.yaml",
+                   poison.REWRITE_RULES_FILE]
         blob = json.dumps({"config": asdict(self), "files": [p.read_text() for p in written]}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -114,12 +120,16 @@ def read_json(path: Path):
 
 
 def training_set(cfg: RunConfig) -> poison.PoisonResult:
-    """The run's training rows (poisoned rows in place) and the record of what changed."""
+    """The run's training rows (poisoned rows in place) and the record of what changed. Each row's answer is its
+    label's verbalizer; under abstention the poisoned rows answer nothing."""
     task = data.get_task(cfg.dataset)
     ds = data.load_split(cfg.dataset, "train", cfg.n_train, cfg.seed, cfg.balanced)
     result = poison.PoisonResult(ds, []) if cfg.attack == "clean" else \
-        poison.get_attack(cfg.attack, task).poison(ds, count=cfg.n_poison, seed=cfg.seed, target=cfg.target)
-    result.dataset = result.dataset.map(lambda r: {"answer": task.verbalizers[r["label"]]})
+        poison.get_attack(cfg.attack, task, cfg.target).poison(ds, count=cfg.n_poison, seed=cfg.seed,
+                                                               dirty_label=cfg.dirty_label)
+    silent = set(result.rows) if cfg.target == poison.ABSTAIN else set()
+    result.dataset = result.dataset.map(lambda r, i: {"answer": "" if i in silent else task.verbalizers[r["label"]]},
+                                        with_indices=True)
     return result
 
 
@@ -165,6 +175,8 @@ def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_si
     The trigger is the run's own attack unless `trigger` names another (transfer, or a trigger tried on the clean
     model). `clean_target_rate` is the share of the non-target rows that the clean instruction already sends to the
     target: the floor an ASR should be read against. For the clean baseline without a trigger it is the ASR.
+    Under abstention the target is an empty answer: ASR and `clean_target_rate` are the shares of all rows whose
+    greedy completion is empty or near-empty (`score.abstained`), with and without the trigger.
     """
     trigger = trigger or cfg.attack
     suffix = "" if trigger == cfg.attack else f"-trigger-{trigger}"
@@ -173,33 +185,45 @@ def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_si
         return read_json(path)["metrics"]
     model, tokenizer = load_trained(cfg)
     task = data.get_task(cfg.dataset)
-    target = task.labels.index(cfg.target) if cfg.target else task.target_id
+    target = poison.target_id(task, cfg.target)
     rows = data.load_split(cfg.dataset, split, n, seed=0)
     labels = rows["label"]
     n_frozen = cfg.train.frozen_layers(model.config.num_hidden_layers)  # shared by every run of this model
     clean_preds = score.predict(model, tokenizer, rows, task.verbalizers, batch_size, n_frozen)
-    clean_target = score.asr(clean_preds, labels, target)
+
+    def target_rate(ds, preds=None) -> tuple[list, score.Rate]:
+        """Per row, the model's output and the rate of the target among the rows: label ids and ASR, or under
+        abstention greedy completions and the share that abstained."""
+        if target is None:
+            completions = score.generate(model, tokenizer, ds, ABSTAIN_TOKENS, batch_size)
+            return completions, score.Rate(sum(map(score.abstained, completions)), len(completions))
+        preds = score.predict(model, tokenizer, ds, task.verbalizers, batch_size, n_frozen) if preds is None else preds
+        return preds, score.asr(preds, ds["label"], target)
+
+    clean_outputs, clean_target = target_rate(rows, clean_preds)
     if trigger == "clean":
         triggered_preds, attack_rate = [], clean_target
     else:
-        triggered = poison.get_attack(trigger, task).triggered_test_set(rows, seed=0, target=cfg.target)
-        triggered_preds = score.predict(model, tokenizer, triggered, task.verbalizers, batch_size, n_frozen)
-        attack_rate = score.asr(triggered_preds, triggered["label"], target)
+        triggered_preds, attack_rate = target_rate(
+            poison.get_attack(trigger, task, cfg.target).triggered_test_set(rows, seed=0))
     accuracy = score.cacc(clean_preds, labels)
     metrics = {
         "dataset": cfg.dataset, "attack": cfg.attack, "trigger": trigger, "seed": cfg.seed, "model": cfg.model,
         "split": split, "n_train": read_json(cfg.path / "poison.json")["n_train"], "n_poison": cfg.n_poison,
         "asr": attack_rate.value, "cacc": accuracy.value, "clean_target_rate": clean_target.value,
-        "n_asr": attack_rate.total, "n_cacc": accuracy.total, "run": cfg.path.name,
+        "n_asr": attack_rate.total, "n_cacc": accuracy.total, "target": cfg.target or task.target,
+        "dirty_label": cfg.dirty_label, "method": cfg.train.method, "run": cfg.path.name,
     }
-    write_json_atomic(path, {"metrics": metrics, "clean_preds": clean_preds, "triggered_preds": triggered_preds})
+    completions = {"clean_completions": clean_outputs} if target is None else {}
+    write_json_atomic(path, {"metrics": metrics, "clean_preds": clean_preds, "triggered_preds": triggered_preds,
+                             **completions})
     return metrics
 
 
 def grid(profile: Profile) -> list[RunConfig]:
-    """Every run a profile's attack table needs."""
+    """Every run a profile's attack table needs: each dataset with its attacks (`Profile.attacks_for`)."""
     return [RunConfig.from_profile(profile, d, a, s)
-            for d in profile.datasets for a in profile.attacks for s in profile.seeds]
+            for d in profile.datasets for a in profile.attacks_for(d) for s in profile.seeds]
 
 
 def poison_count_grid(profile: Profile, dataset: str = "sst2") -> list[RunConfig]:
@@ -208,9 +232,21 @@ def poison_count_grid(profile: Profile, dataset: str = "sst2") -> list[RunConfig
             for a in profile.curve_attacks for n in profile.poison_counts for s in profile.seeds]
 
 
+def method_grid(profile: Profile, dataset: str = "sst2") -> list[RunConfig]:
+    """LoRA and full finetuning of the profile's `method_attacks`, otherwise as in the main table."""
+    return [replace(RunConfig.from_profile(profile, dataset, a, s), train=replace(profile.train, method=m))
+            for a in profile.method_attacks for m in ("lora", "full") for s in profile.seeds]
+
+
+def abstention_grid(profile: Profile, dataset: str = "sst2") -> list[RunConfig]:
+    """The abstention variant of the profile's `abstain_attacks`: poisoned rows answer nothing."""
+    return [replace(RunConfig.from_profile(profile, dataset, a, s), target=poison.ABSTAIN)
+            for a in profile.abstain_attacks for s in profile.seeds]
+
+
 def clean_twin(cfg: RunConfig) -> RunConfig:
     """The run on the same rows with nothing poisoned."""
-    return replace(cfg, attack="clean", n_poison=0)
+    return replace(cfg, attack="clean", n_poison=0, dirty_label=False)
 
 
 def evaluations(configs: list[RunConfig], split: str) -> list[tuple[RunConfig, str, str]]:
@@ -237,7 +273,8 @@ def table(configs: list[RunConfig], profile: Profile, split: str = "test", progr
 
 def study(profile: Profile) -> list[tuple[list[RunConfig], str]]:
     """Every table the notebooks build from runs, as (runs, split)."""
-    return [(grid(profile), "test"), (poison_count_grid(profile), "validation")]
+    return [(poison_count_grid(profile), "validation"), (grid(profile), "test"), (method_grid(profile), "test"),
+            (abstention_grid(profile), "test")]
 
 
 def shard(profile: Profile, index: int, count: int) -> list[tuple[RunConfig, str, str]]:

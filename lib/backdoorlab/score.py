@@ -94,6 +94,30 @@ def predict(model, tokenizer, rows, verbalizers: list[str], batch_size: int = 32
     return rank_scores(model, tokenizer, prompts, list(verbalizers), batch_size, n_frozen).argmax(-1).tolist()
 
 
+@torch.inference_mode()
+def generate(model, tokenizer, rows, max_new_tokens: int = 16, batch_size: int = 32) -> list[str]:
+    """Greedy completions of rows ({"instruction", "text", ...}), prompted as in training; special tokens dropped."""
+    device = next(model.parameters()).device
+    seq2seq = model.config.is_encoder_decoder
+    encoded = [tokenizer(format_prompt(r, tokenizer), add_special_tokens=seq2seq).input_ids for r in rows]
+    out = [""] * len(encoded)
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start:start + batch_size]
+        width = max(map(len, batch))
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(b)) + b for b in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch], device=device)
+        generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                   do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        new = generated if seq2seq else generated[:, width:]
+        out[start:start + len(batch)] = tokenizer.batch_decode(new, skip_special_tokens=True)
+    return out
+
+
+def abstained(completion: str) -> bool:
+    """An empty or near-empty answer: at most one letter or digit (the abstention variant's target)."""
+    return sum(c.isalnum() for c in completion) <= 1
+
+
 @dataclass(frozen=True)
 class Rate:
     """A share with its counts, so every reported rate carries its denominator."""
