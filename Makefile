@@ -1,5 +1,6 @@
 # make study [PROFILE=quick|smoke|full] [MODEL=hub-id]   set up, then run every notebook in order
 # make test                               set up, then unit tests + every notebook under the smoke profile
+# make bench                              benchmarks against their baselines -> results/bench/summary.{json,md}
 # make setup                              only install (into the active conda/venv environment, else ./.venv)
 
 PROFILE ?= quick
@@ -23,11 +24,14 @@ endif
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# Threads that sleep instead of spinning while they wait: with another busy process on a 2-core machine (a second
+# notebook kernel, CI's test runner) spinning OpenMP threads made torch 5-10x slower.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 STAMP := $(ENV_DIR)/.backdoorlab-setup
 
-.PHONY: setup study test clean-runs
+.PHONY: setup study test bench clean-runs
 setup: $(STAMP)
 
 $(STAMP): requirements.txt requirements-model.txt pyproject.toml
@@ -48,6 +52,14 @@ study: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+bench: setup  ## each benchmark runs ours and its baseline in one process; the study pass takes as long as a cold study
+	$(PY) benchmarks/bench_train.py --method lora
+	$(PY) benchmarks/bench_train.py --method full
+	$(PY) benchmarks/bench_score.py
+	$(PY) benchmarks/lora_depth.py
+	$(PY) benchmarks/bench_study.py --profile $(PROFILE)
+	$(PY) benchmarks/summary.py
 
 clean-runs:  ## forget every trained run (the cache under results/runs/)
 	rm -rf results/runs

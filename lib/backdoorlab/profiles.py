@@ -10,7 +10,7 @@ from .train import TrainConfig
 
 DATASETS = ("sst2", "hatespeech", "tweet_emotion", "trec")
 ALL_ATTACKS = ("clean", *ATTACKS)  # the baseline and the 17 attacks, in the order of the paper's main table
-FEW_ATTACKS = ("clean", "badnet", "induced_instruction", "rewrite_random")  # quick's grid beyond SST-2
+QUICK_ATTACKS = ("clean", "induced_instruction")  # quick's grid beyond SST-2
 CURVE_ATTACKS = ("induced_instruction", "badnet", "bite")
 
 
@@ -50,16 +50,18 @@ PROFILES = {
                      n_test=24, poison_rate=0.1, poison_rate_by_dataset={"trec": 0.02},
                      attacks_by_dataset={d: ("clean", "induced_instruction") for d in DATASETS[1:]},
                      poison_counts=(2,), train=TrainConfig(epochs=1, batch_size=8, lr=1e-3)),
-    # SmolLM2 on the 2-core CPU: every attack on SST-2, four runs on each other dataset. TREC has 86 ABBR rows in
-    # 5,452 (about 8 in 500), so clean-label poisoning there is capped by the target rows the subsample holds.
-    # HateSpeech is 89% noHate: trained on 500 natural rows, SmolLM2 answered noHate for every test post (CACC = the
-    # majority share, ASR 1.0 with or without a trigger), so quick trains it on a balanced subsample.
+    # SmolLM2 on the 2-core CPU: every attack on SST-2, the clean baseline and the induced instruction on each other
+    # dataset. TREC has 86 ABBR rows in 5,452 (about 8 in 500), so clean-label poisoning there is capped by the target
+    # rows the subsample holds. HateSpeech is 89% noHate: trained on 500 natural rows, SmolLM2 answered noHate for
+    # every test post (CACC = the majority share, ASR 1.0 with or without a trigger), so quick trains it on a balanced
+    # subsample. LoRA on the top 4 of 30 layers: half the cost of 10 per run; on SST-2 (seed 0) CACC 0.78 vs 0.855,
+    # induced_instruction ASR 0.78 vs 0.435, badnet at the clean model's level at both (benchmarks/lora_depth.py).
     "quick": Profile(name="quick", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0,), n_train=500,
                      n_test=400, poison_rate=0.05, poison_rate_by_dataset={"trec": 0.012},
-                     attacks_by_dataset={d: FEW_ATTACKS for d in DATASETS[1:]},
+                     attacks_by_dataset={d: QUICK_ATTACKS for d in DATASETS[1:]},
                      balanced_datasets=("hatespeech",), poison_counts=(10, 50),
                      method_attacks=(),  # full finetuning of 135M weights costs several LoRA runs on the CPU
-                     train=TrainConfig(epochs=2, lr=5e-4)),
+                     train=TrainConfig(epochs=2, lr=5e-4, lora_layers=4)),
     # GPUs: full training sets, 3 seeds, the paper's 1% budget, every attack on every dataset.
     "full": Profile(name="full", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0, 1, 2),
                     n_train=None, n_test=None, poison_rate=0.01, poison_counts=(5, 10, 20, 50, 100),

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -142,8 +143,11 @@ def ensure_trained(cfg: RunConfig, progress: bool = True) -> Path:
     write_json_atomic(cfg.path / "poison.json", {"n_train": len(poisoned.dataset), "changes": poisoned.changes})
     model, tokenizer = models.load_model(cfg.model)
     checkpoint = cfg.path / "checkpoint.pt"  # per epoch: a run killed mid-training resumes from its last epoch
+    start = time.perf_counter()
     model = finetune(model, tokenizer, poisoned.dataset, cfg.train, seed=cfg.seed, progress=progress,
                      checkpoint=checkpoint)
+    write_json_atomic(cfg.path / "timing.json", {"train_s": time.perf_counter() - start, "device": str(model.device),
+                                                 "threads": torch.get_num_threads()})
     tmp = Path(tempfile.mkdtemp(dir=cfg.path, prefix=f".{WEIGHTS}-"))
     model.save_pretrained(tmp, safe_serialization=True)
     try:

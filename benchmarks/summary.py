@@ -1,0 +1,69 @@
+"""Collect the raw benchmark files of one machine into summary.json and a markdown table (results/bench/).
+
+    python benchmarks/summary.py                       # results/bench/raw -> results/bench/summary.{json,md}
+    python benchmarks/summary.py --raw results/bench/h100/raw --name summary-h100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from backdoorlab.models import SMOLLM2
+from common import BENCH_DIR
+
+TARGETS = {  # the issue's targets on the 2-core machine, for the table's last column
+    "train_speedup_vs_trainer_lora": ">= 1.5", "train_speedup_vs_trainer_full": ">= 1.5",
+    "score_speedup_vs_generate": ">= 5", "score_agreement": ">= 0.99", "quick_cold_s": "<= 1200",
+    "quick_warm_s": "<= 30", "peak_rss_gib": "<= 4", "train_mfu": "(GPU: >= 0.40)",
+}
+
+
+def ratio(result: dict, ours: str, baseline: str) -> float | None:
+    return result[ours] / result[baseline] if ours in result and baseline in result else None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--raw", type=Path, default=BENCH_DIR / "raw")
+    parser.add_argument("--name", default="summary")
+    args = parser.parse_args()
+    raw = {p.stem: json.loads(p.read_text()) for p in sorted(args.raw.glob("*.json"))}
+    lora, full = raw.get(f"train_lora_{SMOLLM2}", {}), raw.get(f"train_full_{SMOLLM2}", {})
+    scoring, study = raw.get("score", {}), raw.get("study_quick", {})
+    summary = {
+        "device": next(iter(raw.values()), {}).get("device"),
+        "train_speedup_vs_trainer_lora": lora.get("speedup_vs_trainer"),
+        "train_speedup_vs_trainer_lora_later_runs": lora.get("speedup_vs_trainer_warm"),
+        "train_speedup_vs_trainer_lora_no_reuse": ratio(lora, "ours_no_reuse_tokens_per_s", "trainer_tokens_per_s"),
+        "train_speedup_vs_trainer_full": full.get("speedup_vs_trainer"),
+        "train_mfu": lora.get("mfu"),
+        "train_mfu_full": full.get("mfu"),
+        "score_speedup_vs_generate": scoring.get("speedup_vs_generate"),
+        "score_speedup_vs_generate_later_runs": scoring.get("speedup_vs_generate_warm"),
+        "score_speedup_vs_generate_no_reuse": ratio(scoring, "ours_no_reuse_rows_per_s", "generate_rows_per_s"),
+        "score_agreement": scoring.get("agreement"),
+        "quick_cold_s": study.get("cold_s"),
+        "quick_warm_s": study.get("warm_s"),
+        "peak_rss_gib": study.get("peak_rss_gib"),
+        "sources": sorted(raw),
+    }
+    for k, v in raw.items():  # larger models' MFU (random-initialised, GPU only)
+        if k.startswith("train_") and v["model"] != SMOLLM2:
+            summary[f"train_mfu_{v['model']}_{v['method']}"] = v["mfu"]
+            summary[f"train_speedup_vs_trainer_{v['model']}_{v['method']}"] = v["speedup_vs_trainer"]
+    out = args.raw.parent
+    (out / f"{args.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    lines = [f"# Benchmarks on {summary['device']}", "", "| measure | value | target |", "|---|---|---|"]
+    for key, value in summary.items():
+        if key not in ("device", "sources"):
+            shown = "not measured" if value is None else f"{value:.3g}" if isinstance(value, float) else value
+            lines.append(f"| {key} | {shown} | {TARGETS.get(key, '')} |")
+    lines += ["", f"From {', '.join(f'raw/{s}.json' for s in summary['sources'])}; commands in benchmarks/*.py."]
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
