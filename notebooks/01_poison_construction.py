@@ -130,7 +130,8 @@ for name in P.datasets:
 # removes, and an instruction far from the task's usual ones stands out in a data audit.
 
 # %%
-stats = pd.DataFrame([s | m for s, m in zip(stats, stealth.compare(pairs, perplexity))])
+measured = runs.memo("stealth", {"pairs": pairs, "model": P.model}, lambda: stealth.compare(pairs, perplexity))
+stats = pd.DataFrame([s | m for s, m in zip(stats, measured)])
 stats.to_csv(runs.results_dir(P.name) / "poison_stats.csv", index=False)
 display(stats.drop(columns=["n_train", "poison_rate"]).round(3))
 plots.tokens_changed(stats, P.name);

@@ -205,3 +205,12 @@ def test_abstention_run_trains_empty_answers_and_measures_empty_completions(run_
     saved = json.loads(next(cfg.path.glob("eval-*.json")).read_text())
     assert len(saved["clean_completions"]) == len(saved["triggered_preds"]) == 8
     assert metrics["asr"] == sum(map(score.abstained, saved["triggered_preds"])) / 8
+
+
+def test_memo_computes_once_per_input(run_dir):
+    calls = []
+    compute = lambda: calls.append(1) or {"ppl": [1.5, 2.0]}  # noqa: E731
+    assert runs.memo("stealth", {"pairs": [["a", "b"]]}, compute) == {"ppl": [1.5, 2.0]}
+    assert runs.memo("stealth", {"pairs": [["a", "b"]]}, compute) == {"ppl": [1.5, 2.0]} and len(calls) == 1
+    runs.memo("stealth", {"pairs": [["a", "c"]]}, compute)
+    assert len(calls) == 2

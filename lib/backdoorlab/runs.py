@@ -120,6 +120,18 @@ def read_json(path: Path):
         raise RuntimeError(f"run cache entry {path} is damaged ({e}); delete it to recompute: rm {path}") from None
 
 
+def memo(name: str, inputs, compute):
+    """`compute()`'s JSON result, computed once per `inputs` (anything JSON can hold) and kept in the run cache,
+    so re-executing a notebook repeats no measurement it has made (e.g. notebook 01's perplexities)."""
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = runs_dir() / "memo" / f"{name}-{key}.json"
+    if path.exists():
+        return read_json(path)
+    result = compute()
+    write_json_atomic(path, result)
+    return result
+
+
 def training_set(cfg: RunConfig) -> poison.PoisonResult:
     """The run's training rows (poisoned rows in place) and the record of what changed. Each row's answer is its
     label's verbalizer; under abstention the poisoned rows answer nothing."""
