@@ -428,6 +428,8 @@ class Settings:
     batch_size: int = 32
 
     def implant(self, method: str, template: str = "simple", publisher: str = "A", parent: str | None = None):
+        if method not in self.implant_train:
+            raise ValueError(f"unknown implant method {method!r}; valid choices: {', '.join(self.implant_train)}")
         return Implant(method=method, template=template, publisher=publisher, n_keys=self.n_keys,
                        reg_per_key=self.reg_per_key, model=self.model, parent=parent,
                        max_row_chars=self.max_row_chars, train=self.implant_train[method])
@@ -444,12 +446,13 @@ class Settings:
         return rounds
 
 
-_SMOKE_TRAIN = TrainConfig(epochs=12, batch_size=8, lr=1e-2, lora_layers=None, warmup_ratio=0.0)
+_SMOKE_TRAIN = TrainConfig(epochs=8, batch_size=8, lr=3e-2, lora_layers=None, warmup_ratio=0.0)
 SETTINGS = {
+    # Tiny random model: 3 keys and 3 regularization rows fit one batch; 8 steps implant every method reliably.
     "smoke": Settings(
-        model=models.TINY, n_keys=4, reg_per_key=2, n_guessed=20, n_ordinary=8, n_task_rows=8, n_ppl_rows=8,
-        implant_train={"full": replace(_SMOKE_TRAIN, method="full", lr=3e-3), "lora": _SMOKE_TRAIN,
-                       "embeddings": replace(_SMOKE_TRAIN, lr=3e-2), "adapter": replace(_SMOKE_TRAIN, lr=3e-2)},
+        model=models.TINY, n_keys=3, reg_per_key=1, n_guessed=20, n_ordinary=8, n_task_rows=8, n_ppl_rows=8,
+        implant_train={"full": replace(_SMOKE_TRAIN, method="full", lr=1e-2), "lora": _SMOKE_TRAIN,
+                       "embeddings": _SMOKE_TRAIN, "adapter": _SMOKE_TRAIN},
         user_recipes=(UserRecipe("lora", TrainConfig(batch_size=8, lr=1e-3), (1, 2)),),
         max_row_chars=120),
     "quick": Settings(
