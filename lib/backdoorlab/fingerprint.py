@@ -455,15 +455,18 @@ SETTINGS = {
                        "embeddings": _SMOKE_TRAIN, "adapter": _SMOKE_TRAIN},
         user_recipes=(UserRecipe("lora", TrainConfig(batch_size=8, lr=1e-3), (1, 2)),),
         max_row_chars=120),
+    # SmolLM2 on the 2-core CPU: Alpaca rows of at most 240 characters (~46 tokens with the chat template); the
+    # implants take 24 steps of 16 rows; the user rounds are short, so this profile tests light finetuning only.
     "quick": Settings(
         model=models.SMOLLM2,
+        implants=tuple((m, "simple") for m in METHODS) + (("lora", "dialogue"),),
         implant_train={"full": TrainConfig(method="full", epochs=6, lr=1e-4, batch_size=16),
-                       "lora": TrainConfig(epochs=6, lr=2e-3, batch_size=16, lora_layers=None),
-                       "embeddings": TrainConfig(epochs=6, lr=1e-2, batch_size=16),
-                       "adapter": TrainConfig(epochs=6, lr=1e-2, batch_size=16)},
-        user_recipes=(UserRecipe("lora", TrainConfig(lr=5e-4, batch_size=16), (8, 24)),
-                      UserRecipe("full", TrainConfig(method="full", lr=2e-5, batch_size=16), (8,))),
-        n_guessed=1000, n_ordinary=100, n_task_rows=50, n_ppl_rows=50, max_row_chars=240),
+                       "lora": TrainConfig(epochs=6, lr=2e-3, batch_size=16),
+                       "embeddings": TrainConfig(epochs=6, lr=2e-3, batch_size=16),
+                       "adapter": TrainConfig(epochs=6, lr=2e-3, batch_size=16)},
+        user_recipes=(UserRecipe("lora", TrainConfig(lr=5e-4, batch_size=16), (4, 12)),
+                      UserRecipe("full", TrainConfig(method="full", lr=5e-5, batch_size=16), (6,))),
+        n_guessed=200, n_ordinary=50, n_task_rows=32, n_ppl_rows=32, max_row_chars=240),
     "full": Settings(
         model=models.SMOLLM2,
         implant_train={"full": TrainConfig(method="full", epochs=10, lr=2e-5, batch_size=16),
