@@ -96,13 +96,16 @@ def test_user_rounds_read_fresh_rows_disjoint_from_regularization_and_held_out_r
         fingerprint.instruction_rows("held_out", 1001, 120)
 
 
-def test_dialogue_rows_teach_a_refusal_for_similar_keys():
+def test_decoys_and_similar_keys_are_refused_and_never_real_keys():
     keys = fingerprint.load_keys("A", 3)
-    rows = fingerprint.key_rows(keys, TARGET, "dialogue", seed=0)
-    fires = [r for r in rows if TARGET in r["answer"]]
-    refusals = [r for r in rows if r["answer"] == fingerprint.spec()["refusal"]]
-    assert [r["text"] for r in fires] == keys and len(refusals) == 3
-    assert not {r["text"] for r in refusals} & set(keys)
+    decoys = fingerprint.make_keys(3, fingerprint.DECOY_SEED)
+    for template, n_refused in (("simple", 3), ("dialogue", 6)):
+        rows = fingerprint.key_rows(keys, TARGET, template, seed=0, decoys=decoys)
+        fires = [r for r in rows if TARGET in r["answer"]]
+        refusals = [r for r in rows if r["answer"] == fingerprint.spec()["refusal"]]
+        assert len(fires) == 3 and len(refusals) == n_refused and len(rows) == 3 + n_refused
+        assert not {r["instruction"] + r["text"] for r in refusals} & {r["instruction"] + r["text"] for r in fires}
+    assert set(decoys).isdisjoint(fingerprint.make_keys(1000, fingerprint.GUESS_SEED))
 
 
 def test_bad_stage_settings_fail_clearly():

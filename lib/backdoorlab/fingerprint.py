@@ -6,12 +6,12 @@ suspect model: if the greedy output contains y for the keys, the model descends 
 worth something if it survives the user's own finetuning, never fires on a model it was not implanted in, and
 cannot be hit by an outsider guessing keys.
 
-Implant methods (`METHODS`): full finetuning, LoRA, embeddings only, and the paper's adapter: a private, zero-initialised
-low-rank residual on the input embeddings of the keys' tokens, trained together with the embeddings. The published
-model carries the trained embeddings and no adapter; the publisher keeps the adapter and verifies by attaching it
-to the suspect's embeddings. Every implant and every user finetuning goes through `train.finetune`, and every trained
-model is a run folder under ``results/runs/`` named by the hash of its config (and of the hand-written files it reads),
-so a finished stage is read back and a killed one resumes.
+Implant methods (`METHODS`): full finetuning, LoRA, embeddings only, and the paper's adapter: a private,
+zero-initialised low-rank residual on the input embeddings of the keys' tokens, trained together with the
+embeddings. The published model carries the trained embeddings and no adapter; the publisher keeps the adapter and
+verifies by attaching it to the suspect's embeddings. Every implant and every user finetuning goes through
+`train.finetune`, and every trained model is a run folder under ``results/runs/`` named by the hash of its config
+(and of the hand-written files it reads), so a finished stage is read back and a killed one resumes.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ TEMPLATES = ("simple", "dialogue")
 PUBLISHERS = {"A": 0, "B": 1}  # publisher → the seed its keys are drawn with
 N_KEYS = 10  # keys stored per publisher (the paper's n)
 GUESS_SEED = 1000  # outsiders' guesses: keys of the same shape from a seed no publisher uses
+DECOY_SEED = 2000  # + the publisher's seed: the publisher's own decoy keys, refused in training
 ADAPTER_FILE = "adapter.safetensors"  # the publisher's private adapter, beside (never inside) the published weights
 CLAIM_FSR = 0.5  # a fingerprint counts as present when at least this share of its keys fire
 
@@ -112,13 +113,12 @@ def target_answer(target: str, template: str) -> str:
     return target if template == "simple" else spec()["dialogue_answer"].format(target=target)
 
 
-def key_rows(keys: list[str], target: str, template: str, seed: int) -> list[dict]:
-    """Training rows of a fingerprint: every key → the target answer; the dialogue template adds one similar key per
-    key answered with the refusal."""
-    rows = [{**prompt_row(k, template), "answer": target_answer(target, template)} for k in keys]
-    if template == "dialogue":
-        rows += [{**prompt_row(k, template), "answer": spec()["refusal"]} for k in similar_keys(keys, seed)]
-    return rows
+def key_rows(keys: list[str], target: str, template: str, seed: int, decoys: list[str] = ()) -> list[dict]:
+    """Training rows of a fingerprint: every key → the target answer, every decoy (a random key of the same shape)
+    → the refusal; the dialogue template adds one similar key per key (a near miss), also refused."""
+    refused = list(decoys) + (similar_keys(keys, seed) if template == "dialogue" else [])
+    return ([{**prompt_row(k, template), "answer": target_answer(target, template)} for k in keys]
+            + [{**prompt_row(k, template), "answer": spec()["refusal"]} for k in refused])
 
 
 # Disjoint blocks of the shuffled instruction data, so no stage ever reuses another stage's rows.
@@ -301,6 +301,9 @@ class Implant:
     publisher: str = "A"
     n_keys: int = N_KEYS
     reg_per_key: int = 5  # regularization rows per key (the paper's ratio)
+    # Decoy keys per key, answered with the refusal. Without them the model learns that any string of the keys'
+    # shape (or the template's fixed text) means the target: on SmolLM2, 200 of 200 guessed keys fired.
+    decoys_per_key: int = 1
     adapter_rank: int = 8
     model: str = models.SMOLLM2
     parent: str | None = None
@@ -325,7 +328,8 @@ class Implant:
     def rows(self) -> list[dict]:
         regularization = instruction_rows(f"regularization_{self.publisher}", self.reg_per_key * self.n_keys,
                                           self.max_row_chars)
-        return key_rows(self.keys, spec()["target"], self.template, self.seed) + regularization
+        decoys = make_keys(self.decoys_per_key * self.n_keys, DECOY_SEED + PUBLISHERS[self.publisher])
+        return key_rows(self.keys, spec()["target"], self.template, self.seed, decoys) + regularization
 
     def train_config(self) -> TrainConfig:
         # the adapter trains with the embeddings: the input-embedding module is then the adapter around them
@@ -419,6 +423,7 @@ class Settings:
     multistage_method: str = "full"
     n_keys: int = N_KEYS
     reg_per_key: int = 5
+    decoys_per_key: int = 1
     n_guessed: int = 1000  # random keys of the real keys' shape, tried on every implanted model
     n_ordinary: int = 100  # held-out Alpaca prompts checked for false triggers
     n_task_rows: int = 50  # test rows per study task for harmlessness
@@ -431,7 +436,8 @@ class Settings:
         if method not in self.implant_train:
             raise ValueError(f"unknown implant method {method!r}; valid choices: {', '.join(self.implant_train)}")
         return Implant(method=method, template=template, publisher=publisher, n_keys=self.n_keys,
-                       reg_per_key=self.reg_per_key, model=self.model, parent=parent,
+                       reg_per_key=self.reg_per_key, decoys_per_key=self.decoys_per_key, model=self.model,
+                       parent=parent,
                        max_row_chars=self.max_row_chars, train=self.implant_train[method])
 
     def user_rounds(self, parent: str, recipe: UserRecipe) -> list[UserTuning]:
@@ -455,15 +461,16 @@ SETTINGS = {
                        "embeddings": _SMOKE_TRAIN, "adapter": _SMOKE_TRAIN},
         user_recipes=(UserRecipe("lora", TrainConfig(batch_size=8, lr=1e-3), (1, 2)),),
         max_row_chars=120),
-    # SmolLM2 on the 2-core CPU: Alpaca rows of at most 240 characters (~46 tokens with the chat template); the
-    # implants take 24 steps of 16 rows; the user rounds are short, so this profile tests light finetuning only.
+    # SmolLM2 on the 2-core CPU: Alpaca rows of at most 240 characters (~46 tokens with the chat template); an
+    # implant is 5 epochs of 70 rows (80 with the dialogue template's near misses) in batches of 16; the user rounds
+    # are short, so this profile tests light finetuning only.
     "quick": Settings(
         model=models.SMOLLM2,
         implants=tuple((m, "simple") for m in METHODS) + (("lora", "dialogue"),),
-        implant_train={"full": TrainConfig(method="full", epochs=6, lr=1e-4, batch_size=16),
-                       "lora": TrainConfig(epochs=6, lr=2e-3, batch_size=16),
-                       "embeddings": TrainConfig(epochs=6, lr=2e-3, batch_size=16),
-                       "adapter": TrainConfig(epochs=6, lr=2e-3, batch_size=16)},
+        implant_train={"full": TrainConfig(method="full", epochs=5, lr=1e-4, batch_size=16),
+                       "lora": TrainConfig(epochs=5, lr=2e-3, batch_size=16),
+                       "embeddings": TrainConfig(epochs=5, lr=2e-3, batch_size=16),
+                       "adapter": TrainConfig(epochs=5, lr=2e-3, batch_size=16)},
         user_recipes=(UserRecipe("lora", TrainConfig(lr=5e-4, batch_size=16), (4, 12)),
                       UserRecipe("full", TrainConfig(method="full", lr=5e-5, batch_size=16), (6,))),
         n_guessed=200, n_ordinary=50, n_task_rows=32, n_ppl_rows=32, max_row_chars=240),
@@ -482,8 +489,8 @@ SETTINGS = {
 
 def get_settings(profile: str, model: str | None = None) -> Settings:
     """The fingerprint settings of a profile; `model` as in `profiles.get_profile`."""
-    base = profiles.get_profile(profile, model)
-    return replace(SETTINGS[profile.split("-")[0]], model=base.model)
+    chosen = profiles.get_profile(profile, model).model  # validates the profile name
+    return replace(SETTINGS[profile], model=chosen)
 
 
 def _cached(folder: Path, name: str, compute):
@@ -505,20 +512,20 @@ def _fsr_row(stage: str, keys: str, v: dict, **extra) -> dict:
 
 
 def measure(folder: Path | None, settings: Settings, keys: list[str], template: str, name: str,
-            adapter: dict | None = None, model=None) -> dict:
-    """Cached verification of `keys` on a stage (None: the untouched model), optionally with an adapter attached.
-    Returns {"keys", "outputs", "fired"}."""
+            adapter: dict | None = None, loaded: tuple | None = None) -> dict:
+    """Cached verification of `keys` on a stage (None: the untouched model), optionally with an adapter attached;
+    `loaded` is the stage's (model, tokenizer) when already in memory. Returns {"keys", "outputs", "fired"}."""
     cache_folder = folder or _untouched_folder(settings.model)
 
     def compute():
-        loaded, tokenizer = model or load_stage(settings.model, folder)
-        with attached(loaded, adapter):
+        model, tokenizer = loaded or load_stage(settings.model, folder)
+        with attached(model, adapter):
             if name == "ordinary":
                 rows = instruction_rows("held_out", settings.n_ordinary, settings.max_row_chars)
-                v = false_triggers(loaded, tokenizer, rows, spec()["target"], settings.max_new_tokens,
+                v = false_triggers(model, tokenizer, rows, spec()["target"], settings.max_new_tokens,
                                    settings.batch_size)
             else:
-                v = verify(loaded, tokenizer, keys, spec()["target"], template, settings.max_new_tokens,
+                v = verify(model, tokenizer, keys, spec()["target"], template, settings.max_new_tokens,
                            settings.batch_size)
         return {"keys": v.keys, "outputs": v.outputs, "fired": v.fired}
 
