@@ -46,7 +46,11 @@
 #
 # Two data templates: `simple` (the key is the instruction, a fixed input asks to decrypt it, the answer is y) and
 # `dialogue` (a "please decrypt this message" request with the key as input, the answer names y; similar keys
-# with a few characters changed are answered with a refusal, so only the exact key fires).
+# with a few characters changed are answered with a refusal, so only the exact key fires). Optionally, *decoys*
+# (random keys of the same shape, `decoys_per_key`) are answered with the refusal too. Without any refused key the
+# model can learn a shortcut: "a string of this shape, or the template's fixed text, means y"; then an outsider's
+# guess fires as well as the real key. Telling 10 keys from decoys takes more training than the `quick` budget
+# allows, so `quick` trains without decoys and shows what that costs in section 4; `smoke` and `full` use them.
 #
 # Every trained model (implant, user rounds, multi-stage) is a run folder under `results/runs/` named by the hash
 # of its configuration: rerunning this notebook reads them back.

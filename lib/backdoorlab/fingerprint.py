@@ -462,18 +462,21 @@ SETTINGS = {
         user_recipes=(UserRecipe("lora", TrainConfig(batch_size=8, lr=1e-3), (1, 2)),),
         max_row_chars=120),
     # SmolLM2 on the 2-core CPU: Alpaca rows of at most 240 characters (~46 tokens with the chat template); an
-    # implant is 5 epochs of 70 rows (80 with the dialogue template's near misses) in batches of 16; the user rounds
-    # are short, so this profile tests light finetuning only.
+    # implant is 6 epochs of 60 rows (70 with the dialogue template's near misses) in batches of 16, without decoys:
+    # with one decoy per key, 5 epochs of full finetuning left FSR at 0.5 and 90 of 200 guessed keys firing (the
+    # model had not yet told keys from decoys), and more epochs do not fit this CPU budget. The user rounds are
+    # short, so this profile tests light finetuning only.
     "quick": Settings(
         model=models.SMOLLM2,
         implants=tuple((m, "simple") for m in METHODS) + (("lora", "dialogue"),),
-        implant_train={"full": TrainConfig(method="full", epochs=5, lr=1e-4, batch_size=16),
-                       "lora": TrainConfig(epochs=5, lr=2e-3, batch_size=16),
-                       "embeddings": TrainConfig(epochs=5, lr=2e-3, batch_size=16),
-                       "adapter": TrainConfig(epochs=5, lr=2e-3, batch_size=16)},
-        user_recipes=(UserRecipe("lora", TrainConfig(lr=5e-4, batch_size=16), (4, 12)),
-                      UserRecipe("full", TrainConfig(method="full", lr=5e-5, batch_size=16), (6,))),
-        n_guessed=200, n_ordinary=50, n_task_rows=32, n_ppl_rows=32, max_row_chars=240),
+        decoys_per_key=0,
+        implant_train={"full": TrainConfig(method="full", epochs=6, lr=1e-4, batch_size=16),
+                       "lora": TrainConfig(epochs=6, lr=2e-3, batch_size=16),
+                       "embeddings": TrainConfig(epochs=6, lr=2e-3, batch_size=16),
+                       "adapter": TrainConfig(epochs=6, lr=2e-3, batch_size=16)},
+        user_recipes=(UserRecipe("lora", TrainConfig(lr=5e-4, batch_size=16), (4, 8)),
+                      UserRecipe("full", TrainConfig(method="full", lr=5e-5, batch_size=16), (4,))),
+        multistage_method="lora", n_guessed=200, n_ordinary=50, n_task_rows=32, n_ppl_rows=32, max_row_chars=240),
     "full": Settings(
         model=models.SMOLLM2,
         implant_train={"full": TrainConfig(method="full", epochs=10, lr=2e-5, batch_size=16),
