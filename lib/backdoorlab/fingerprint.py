@@ -452,9 +452,9 @@ class Settings:
         return rounds
 
 
-_SMOKE_TRAIN = TrainConfig(epochs=8, batch_size=8, lr=3e-2, lora_layers=None, warmup_ratio=0.0)
+_SMOKE_TRAIN = TrainConfig(epochs=16, batch_size=8, lr=3e-2, lora_layers=None, warmup_ratio=0.0)
 SETTINGS = {
-    # Tiny random model: 3 keys and 3 regularization rows fit one batch; 8 steps implant every method reliably.
+    # Tiny random model: 3 keys, 3 decoys, 3 regularization rows; 16 epochs implant every method and template.
     "smoke": Settings(
         model=models.TINY, n_keys=3, reg_per_key=1, n_guessed=20, n_ordinary=8, n_task_rows=8, n_ppl_rows=8,
         implant_train={"full": replace(_SMOKE_TRAIN, method="full", lr=1e-2), "lora": _SMOKE_TRAIN,
