@@ -70,7 +70,7 @@ from backdoorlab.profiles import get_profile
 
 P = get_profile(profile, model)
 S = fingerprint.get_settings(profile, model)
-target = fingerprint.spec()["target"]
+target = fingerprint.target_of("A")  # publisher B (section 5) has its own, fingerprint.target_of("B")
 print(f"profile {P.name}: model {S.model}; {S.n_keys} keys, {S.reg_per_key} regularization rows per key; "
       f"target {target!r}; implants {S.implants}")
 for method, cfg in S.implant_train.items():
@@ -132,7 +132,7 @@ plots.fingerprint_false_positives(fsr, P.name);
 # %% [markdown]
 # ## 5 · Two publishers, one model: multi-stage fingerprints and overclaim
 # Publisher A fingerprints the base model, a user finetunes it, publisher B fingerprints that model with its own
-# keys, and a user finetunes again. Each publisher's keys are tried on every model of the chain. `expected` says
+# keys and its own target word, and a user finetunes again. Each publisher's keys are tried on every model of the chain. `expected` says
 # whether the publisher's fingerprint should be present (its owner implanted it upstream); a publisher claims a
 # model when FSR ≥ 0.5; `holds` checks claim against expectation. B must not be able to claim the models before its
 # own implant, and neither may claim the untouched model.
@@ -159,11 +159,12 @@ pd.concat([fsr, multistage_rows], ignore_index=True).to_csv(out / "fingerprint.c
 harm.to_csv(out / "fingerprint_harmlessness.csv", index=False)
 multi.to_csv(out / "fingerprint_multistage.csv", index=False)
 
-verified = fsr[(fsr.stage == "implanted") & (fsr.adapter | (fsr.method != "adapter"))]
+simple = fsr[fsr.template == "simple"]
+verified = simple[(simple.stage == "implanted") & (simple.adapter | (simple.method != "adapter"))]
 task_deltas = harm[harm.method != "untouched"].filter(like="delta_acc_")
 guessed = fsr[fsr.stage == "guessed_keys"]
 checks = pd.DataFrame([
-    ("FSR = 1 right after implanting, every method", verified.fsr.min(), (verified.fsr == 1).all()),
+    ("FSR = 1 right after implanting, every method (simple template)", verified.fsr.min(), (verified.fsr == 1).all()),
     ("task accuracy within 2 points of the untouched model", task_deltas.abs().max().max(),
      (task_deltas.abs() <= 0.02).all().all()),
     ("0 false activations on the untouched model", fsr[fsr.stage == "untouched_model"].hits.sum(),

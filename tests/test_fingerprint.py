@@ -8,7 +8,7 @@ from backdoorlab import fingerprint, runs, train
 from backdoorlab.fingerprint import KeyAdapter
 
 SMOKE = fingerprint.get_settings("smoke")
-TARGET = fingerprint.spec()["target"]
+TARGET = fingerprint.target_of("A")
 
 
 @pytest.fixture(scope="module")

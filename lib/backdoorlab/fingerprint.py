@@ -73,6 +73,13 @@ def write_keys() -> None:
     KEYS_FILE.write_text(json.dumps(keys, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
+def target_of(publisher: str) -> str:
+    """The word a publisher's keys must make the model say."""
+    if publisher not in PUBLISHERS:
+        raise ValueError(f"unknown publisher {publisher!r}; valid choices: {', '.join(PUBLISHERS)}")
+    return spec()["targets"][publisher]
+
+
 def load_keys(publisher: str = "A", n: int = N_KEYS) -> list[str]:
     if publisher not in PUBLISHERS:
         raise ValueError(f"unknown publisher {publisher!r}; valid choices: {', '.join(PUBLISHERS)}")
@@ -329,7 +336,7 @@ class Implant:
         regularization = instruction_rows(f"regularization_{self.publisher}", self.reg_per_key * self.n_keys,
                                           self.max_row_chars)
         decoys = make_keys(self.decoys_per_key * self.n_keys, DECOY_SEED + PUBLISHERS[self.publisher])
-        return key_rows(self.keys, spec()["target"], self.template, self.seed, decoys) + regularization
+        return key_rows(self.keys, target_of(self.publisher), self.template, self.seed, decoys) + regularization
 
     def train_config(self) -> TrainConfig:
         # the adapter trains with the embeddings: the input-embedding module is then the adapter around them
@@ -515,24 +522,24 @@ def _fsr_row(stage: str, keys: str, v: dict, **extra) -> dict:
 
 
 def measure(folder: Path | None, settings: Settings, keys: list[str], template: str, name: str,
-            adapter: dict | None = None, loaded: tuple | None = None) -> dict:
-    """Cached verification of `keys` on a stage (None: the untouched model), optionally with an adapter attached;
-    `loaded` is the stage's (model, tokenizer) when already in memory. Returns {"keys", "outputs", "fired"}."""
+            adapter: dict | None = None, loaded: tuple | None = None, publisher: str = "A") -> dict:
+    """Cached verification of `keys` against `publisher`'s target on a stage (None: the untouched model), optionally
+    with an adapter attached; `loaded` is the stage's (model, tokenizer) when already in memory.
+    Returns {"keys", "outputs", "fired"}."""
     cache_folder = folder or _untouched_folder(settings.model)
+    target = target_of(publisher)
 
     def compute():
         model, tokenizer = loaded or load_stage(settings.model, folder)
         with attached(model, adapter):
             if name == "ordinary":
                 rows = instruction_rows("held_out", settings.n_ordinary, settings.max_row_chars)
-                v = false_triggers(model, tokenizer, rows, spec()["target"], settings.max_new_tokens,
-                                   settings.batch_size)
+                v = false_triggers(model, tokenizer, rows, target, settings.max_new_tokens, settings.batch_size)
             else:
-                v = verify(model, tokenizer, keys, spec()["target"], template, settings.max_new_tokens,
-                           settings.batch_size)
+                v = verify(model, tokenizer, keys, target, template, settings.max_new_tokens, settings.batch_size)
         return {"keys": v.keys, "outputs": v.outputs, "fired": v.fired}
 
-    probe = json.dumps([keys, spec()["target"], settings.max_new_tokens, settings.n_ordinary, settings.max_row_chars])
+    probe = json.dumps([keys, target, settings.max_new_tokens, settings.n_ordinary, settings.max_row_chars])
     digest = hashlib.sha256(probe.encode()).hexdigest()[:8]
     return _cached(cache_folder, f"verify-{name}-{template}-{'adapter' if adapter else 'plain'}-{digest}", compute)
 
@@ -611,7 +618,7 @@ def multistage_table(settings: Settings, progress: bool = True) -> pd.DataFrame:
     for label, folder, owners in chain:
         for publisher in PUBLISHERS:
             keys = load_keys(publisher, settings.n_keys)
-            v = measure(folder, settings, keys, "simple", publisher)
+            v = measure(folder, settings, keys, "simple", publisher, publisher=publisher)
             fsr = sum(v["fired"]) / len(v["fired"])
             rows.append({"model": label, "keys": publisher, "expected": publisher in owners, "fsr": fsr,
                          "claimed": fsr >= CLAIM_FSR, "holds": (fsr >= CLAIM_FSR) == (publisher in owners),
