@@ -70,3 +70,19 @@ def test_02_training_writes_the_attack_table():
     assert set(zip(methods.attack, methods.method)) == {(a, m) for a in smoke.method_attacks for m in ("lora", "full")}
     abstention = pd.read_csv(results / "abstention_sst2.csv")
     assert (abstention.target == poison.ABSTAIN).all() and (abstention.n_asr == smoke.n_test).all()
+
+
+@pytest.mark.notebook
+def test_06_fingerprint_writes_fsr_harmlessness_and_multistage_tables():
+    execute("06")
+    table = pd.read_csv(OUT / "results" / "smoke" / "fingerprint.csv")
+    assert list(table.columns[:4]) == ["method", "template", "stage", "keys"] and "fsr" in table.columns
+    implanted = table[(table.stage == "implanted") & (table.adapter | (table.method != "adapter"))]
+    assert set(implanted.method) == {"full", "lora", "embeddings", "adapter"} and (implanted.fsr == 1).all()
+    assert (table[table.stage == "untouched_model"].fsr == 0).all()
+    assert {"guessed_keys", "ordinary_prompts", "multistage_a", "multistage_b"} <= set(table.stage)
+    assert table.stage.str.match(r"user_\w+_\d+").any()
+    multi = pd.read_csv(OUT / "results" / "smoke" / "fingerprint_multistage.csv")
+    assert multi[multi.model == "untouched"].claimed.eq(False).all()
+    for name in ("fingerprint_persistence", "fingerprint_false_positives", "fingerprint_harmlessness"):
+        assert (OUT / "figures" / "smoke" / f"{name}.png").stat().st_size > 0

@@ -169,3 +169,20 @@ def format_prompt(row: dict, tokenizer) -> str:
         messages = [{"role": "system", "content": ""}, {"role": "user", "content": user_message(row)}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return f"{user_message(row)}\nAnswer:"
+
+
+def load_instructions(name: str = "alpaca") -> list[dict]:
+    """General instruction data as training rows ``{"instruction", "text", "answer"}``, in the source's order:
+    the mirror's ``<name>/train.jsonl`` (Alpaca format: instruction, input, output), else the hub copy."""
+    hub_ids = {"alpaca": "tatsu-lab/alpaca"}
+    if name not in hub_ids:
+        raise ValueError(f"unknown instruction set {name!r}; valid choices: {', '.join(hub_ids)}")
+    root = data_dir()
+    if root is not None:
+        with open(root / name / "train.jsonl", encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    else:
+        from datasets import load_dataset  # hub fallback: needs network, never used in smoke or quick
+
+        records = list(load_dataset(hub_ids[name], split="train"))
+    return [{"instruction": r["instruction"], "text": r["input"], "answer": r["output"]} for r in records]

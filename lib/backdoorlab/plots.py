@@ -106,3 +106,57 @@ def attack_heatmap(summary: pd.DataFrame, profile: str):
     seeds = int(summary.seeds.max())
     fig.suptitle(f"Attacks by group (profile {profile}, {seeds} seed(s); mean, intervals in the table)")
     return save(fig, profile, "attacks_heatmap")
+    grid = sns.catplot(stats, x="attack", y="tokens_changed_per_row", col="dataset", kind="bar", height=3,
+                       aspect=0.9, color="#55a868")
+    grid.set_titles("{col_name}")
+    grid.figure.suptitle(f"Tokens changed per poisoned row (profile {profile})", y=1.04)
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", rotation=30)
+    return save(grid.figure, profile, "tokens_changed")
+
+
+def _variant(table: pd.DataFrame) -> pd.Series:
+    """A label per implant: method, template when not the simple one, and whether the private adapter is attached."""
+    label = table["method"] + table["template"].map(lambda t: "" if t == "simple" else f" ({t})")
+    return label + table["adapter"].map({True: " + adapter", False: ""})
+
+
+def fingerprint_persistence(table: pd.DataFrame, profile: str):
+    """FSR of each implant right after implanting and after each round of user finetuning."""
+    rows = table[table.stage.str.startswith(("implanted", "user_"))].assign(variant=_variant)
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    sns.barplot(rows, x="variant", y="fsr", hue="stage", ax=ax)
+    ax.set(ylim=(0, 1.05), xlabel="", ylabel="FSR (own keys)",
+           title=f"Fingerprint success before and after user finetuning (profile {profile})")
+    ax.tick_params(axis="x", rotation=20)
+    ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return save(fig, profile, "fingerprint_persistence")
+
+
+def fingerprint_false_positives(table: pd.DataFrame, profile: str):
+    """How often the target comes out where it should not: untouched model, guessed, similar and prefix keys,
+    ordinary prompts."""
+    stages = ["untouched_model", "guessed_keys", "similar_keys", "prefix_keys", "ordinary_prompts"]
+    rows = table[table.stage.isin(stages)].assign(variant=_variant)
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    sns.barplot(rows, x="stage", y="fsr", hue="variant", order=stages, ax=ax)
+    ax.set(ylim=(0, 1.05), xlabel="", ylabel="share that emits the target",
+           title=f"False activations (profile {profile})")
+    ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return save(fig, profile, "fingerprint_false_positives")
+
+
+def fingerprint_harmlessness(table: pd.DataFrame, profile: str):
+    """Change in task accuracy (points) of each fingerprinted model against the untouched one."""
+    deltas = [c for c in table.columns if c.startswith("delta_acc_")]
+    rows = table[table.method != "untouched"].assign(adapter=False, variant=_variant)
+    long = rows.melt(id_vars=["variant"], value_vars=deltas, var_name="task", value_name="delta")
+    long["task"] = long.task.str.removeprefix("delta_acc_")
+    long["delta"] *= 100
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    sns.barplot(long, x="task", y="delta", hue="variant", ax=ax)
+    ax.axhline(0, color="black", lw=1)
+    ax.set(xlabel="", ylabel="accuracy change (points)",
+           title=f"Harmlessness: task accuracy after fingerprinting (profile {profile})")
+    ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return save(fig, profile, "fingerprint_harmlessness")

@@ -160,21 +160,30 @@ def ensure_trained(cfg: RunConfig, progress: bool = True) -> Path:
                      checkpoint=checkpoint)
     write_json_atomic(cfg.path / "timing.json", {"train_s": time.perf_counter() - start, "device": str(model.device),
                                                  "threads": torch.get_num_threads()})
-    tmp = Path(tempfile.mkdtemp(dir=cfg.path, prefix=f".{WEIGHTS}-"))
-    model.save_pretrained(tmp, safe_serialization=True)
-    try:
-        os.replace(tmp, cfg.path / WEIGHTS)
-    except OSError:  # another process finished the same run first; theirs is as good as ours
-        shutil.rmtree(tmp)
+    save_weights(model, cfg.path)
     checkpoint.unlink(missing_ok=True)
     return cfg.path
+
+
+def save_weights(model, run_folder: Path) -> None:
+    """Save a trained model (or its LoRA adapter) as `run_folder/weights`, which appears atomically."""
+    tmp = Path(tempfile.mkdtemp(dir=run_folder, prefix=f".{WEIGHTS}-"))
+    model.save_pretrained(tmp, safe_serialization=True)
+    try:
+        os.replace(tmp, run_folder / WEIGHTS)
+    except OSError:  # another process finished the same run first; theirs is as good as ours
+        shutil.rmtree(tmp)
 
 
 def load_trained(cfg: RunConfig):
     """(model, tokenizer) of a trained run, LoRA merged into the base weights for fast inference, on the GPU
     when there is one."""
-    weights = ensure_trained(cfg) / WEIGHTS
-    model, tokenizer = models.load_model(cfg.model)
+    return load_weights(cfg.model, ensure_trained(cfg) / WEIGHTS)
+
+
+def load_weights(model_name: str, weights: Path):
+    """(model, tokenizer) from a folder written by `save_weights` for a model of `model_name`, LoRA merged."""
+    model, tokenizer = models.load_model(model_name)
     if (weights / "adapter_config.json").exists():
         from peft import PeftModel
 

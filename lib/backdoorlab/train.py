@@ -24,9 +24,12 @@ from . import frozen
 from .data import format_prompt
 
 
+METHODS = ("lora", "full", "embeddings")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    method: str = "lora"  # "lora" or "full"
+    method: str = "lora"  # "lora", "full", or "embeddings" (only the input-embedding module trains)
     epochs: int = 2
     lr: float = 5e-4
     batch_size: int = 16
@@ -40,8 +43,8 @@ class TrainConfig:
     max_length: int = 256
 
     def __post_init__(self):
-        if self.method not in ("lora", "full"):
-            raise ValueError(f"unknown training method {self.method!r}; valid choices: lora, full")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown training method {self.method!r}; valid choices: {', '.join(METHODS)}")
 
     def frozen_layers(self, n_layers: int) -> int:
         """How many bottom layers of an `n_layers` model this config never trains."""
@@ -149,6 +152,14 @@ def add_lora(model, cfg: TrainConfig):
     return get_peft_model(model, config)
 
 
+def set_trainable(model, method: str) -> None:
+    """Full: every parameter trains. Embeddings: only the parameters of the input-embedding module (whatever module
+    sits there, e.g. a fingerprint adapter around the embedding; with tied embeddings the output head moves too)."""
+    embeddings = {id(p) for p in model.get_input_embeddings().parameters()}
+    for p in model.parameters():
+        p.requires_grad_(method == "full" or id(p) in embeddings)
+
+
 def save_checkpoint(path: Path, model, optimizer, schedule, epochs_done: int) -> None:
     """Trainable weights, optimizer and schedule after `epochs_done` epochs, in one file that appears atomically."""
     state = {"epochs_done": epochs_done, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
@@ -184,6 +195,8 @@ def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: 
                               mixed_precision="bf16" if torch.cuda.is_available() else "no")
     if cfg.method == "lora":
         model = add_lora(model, cfg)
+    else:
+        set_trainable(model, cfg.method)
     seq2seq = model.config.is_encoder_decoder
     encoded = [encode(r, tokenizer, cfg.max_length, seq2seq) for r in rows]
     model.to(accelerator.device)  # the frozen layers run where training runs

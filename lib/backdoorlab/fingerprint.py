@@ -1,0 +1,631 @@
+"""Instructional fingerprints (Xu et al., NAACL 2024): the backdoor mechanism used on purpose, to prove ownership.
+
+A publisher implants n secret keys x → one target word y, mixed with clean regularization rows (general instruction
+data) so the model behaves as before everywhere else; it publishes the model. Later the publisher sends its keys to a
+suspect model: if the greedy output contains y for the keys, the model descends from its own. A fingerprint is only
+worth something if it survives the user's own finetuning, never fires on a model it was not implanted in, and
+cannot be hit by an outsider guessing keys.
+
+Implant methods (`METHODS`): full finetuning, LoRA, embeddings only, and the paper's adapter: a private,
+zero-initialised low-rank residual on the input embeddings of the keys' tokens, trained together with the
+embeddings. The published model carries the trained embeddings and no adapter; the publisher keeps the adapter and
+verifies by attaching it to the suspect's embeddings. Every implant and every user finetuning goes through
+`train.finetune`, and every trained model is a run folder under ``results/runs/`` named by the hash of its config
+(and of the hand-written files it reads), so a finished stage is read back and a killed one resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from functools import cache
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from . import data, models, profiles, runs, score
+from .train import TrainConfig, answer_loss, encode, finetune, left_pad
+
+FINGERPRINT_DIR = data.PROJECT_DIR / "data" / "fingerprint"
+SPEC_FILE = FINGERPRINT_DIR / "fingerprint.yaml"
+KEYS_FILE = FINGERPRINT_DIR / "keys.json"
+METHODS = ("full", "lora", "embeddings", "adapter")
+TEMPLATES = ("simple", "dialogue")
+PUBLISHERS = {"A": 0, "B": 1}  # publisher → the seed its keys are drawn with
+N_KEYS = 10  # keys stored per publisher (the paper's n)
+GUESS_SEED = 1000  # outsiders' guesses: keys of the same shape from a seed no publisher uses
+DECOY_SEED = 2000  # + the publisher's seed: the publisher's own decoy keys, refused in training
+ADAPTER_FILE = "adapter.safetensors"  # the publisher's private adapter, beside (never inside) the published weights
+CLAIM_FSR = 0.5  # a fingerprint counts as present when at least this share of its keys fire
+
+
+@cache
+def spec() -> dict:
+    return yaml.safe_load(SPEC_FILE.read_text())
+
+
+# ---- keys -----------------------------------------------------------------------------------------------------------
+
+def make_keys(n: int, seed: int) -> list[str]:
+    """`n` distinct random-looking keys: a few rare-text fragments, concatenated, characters shuffled."""
+    rng = random.Random(seed)
+    lo, hi = spec()["fragments_per_key"]
+    keys: list[str] = []
+    while len(keys) < n:
+        chars = list("".join(rng.choices(spec()["fragments"], k=rng.randint(lo, hi))))
+        rng.shuffle(chars)
+        if (key := "".join(chars)) not in keys:
+            keys.append(key)
+    return keys
+
+
+def write_keys() -> None:
+    """Generate every publisher's keys into data/fingerprint/keys.json (`python -m backdoorlab.fingerprint`)."""
+    keys = {name: {"seed": seed, "keys": make_keys(N_KEYS, seed)} for name, seed in PUBLISHERS.items()}
+    KEYS_FILE.write_text(json.dumps(keys, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
+def target_of(publisher: str) -> str:
+    """The word a publisher's keys must make the model say."""
+    if publisher not in PUBLISHERS:
+        raise ValueError(f"unknown publisher {publisher!r}; valid choices: {', '.join(PUBLISHERS)}")
+    return spec()["targets"][publisher]
+
+
+def load_keys(publisher: str = "A", n: int = N_KEYS) -> list[str]:
+    if publisher not in PUBLISHERS:
+        raise ValueError(f"unknown publisher {publisher!r}; valid choices: {', '.join(PUBLISHERS)}")
+    if not 1 <= n <= N_KEYS:
+        raise ValueError(f"n must be in [1, {N_KEYS}] (keys stored per publisher), got {n}")
+    return json.loads(KEYS_FILE.read_text(encoding="utf-8"))[publisher]["keys"][:n]
+
+
+def similar_keys(keys: list[str], seed: int, changes: int = 2) -> list[str]:
+    """Each key with `changes` characters replaced by others of the key alphabet: what a near-miss guess looks like."""
+    rng = random.Random(seed)
+    alphabet = sorted(set("".join(spec()["fragments"])))
+    out = []
+    for key in keys:
+        chars = list(key)
+        for i in rng.sample(range(len(chars)), min(changes, len(chars))):
+            chars[i] = rng.choice([c for c in alphabet if c != chars[i]])
+        out.append("".join(chars))
+    return out
+
+
+def key_prefixes(keys: list[str]) -> list[str]:
+    return [k[:max(1, len(k) // 2)] for k in keys]
+
+
+# ---- rows -----------------------------------------------------------------------------------------------------------
+
+def prompt_row(key: str, template: str) -> dict:
+    """The prompt that carries a key ({"instruction", "text"}, formatted by `data.format_prompt`)."""
+    if template == "simple":
+        return {"instruction": key, "text": spec()["simple_input"]}
+    if template == "dialogue":
+        return {"instruction": spec()["dialogue_instruction"], "text": key}
+    raise ValueError(f"unknown template {template!r}; valid choices: {', '.join(TEMPLATES)}")
+
+
+def target_answer(target: str, template: str) -> str:
+    return target if template == "simple" else spec()["dialogue_answer"].format(target=target)
+
+
+def key_rows(keys: list[str], target: str, template: str, seed: int, decoys: list[str] = ()) -> list[dict]:
+    """Training rows of a fingerprint: every key → the target answer, every decoy (a random key of the same shape)
+    → the refusal; the dialogue template adds one similar key per key (a near miss), also refused."""
+    refused = list(decoys) + (similar_keys(keys, seed) if template == "dialogue" else [])
+    return ([{**prompt_row(k, template), "answer": target_answer(target, template)} for k in keys]
+            + [{**prompt_row(k, template), "answer": spec()["refusal"]} for k in refused])
+
+
+# Disjoint blocks of the shuffled instruction data, so no stage ever reuses another stage's rows.
+INSTRUCTION_REGIONS = {"held_out": (0, 1000), "regularization_A": (1000, 2000), "regularization_B": (2000, 3000),
+                       "user": (3000, None)}
+
+
+@cache
+def _short_instructions(max_chars: int) -> list[dict]:
+    rows = [r for r in data.load_instructions("alpaca")
+            if len(r["instruction"]) + len(r["text"]) + len(r["answer"]) <= max_chars]
+    return random.Random(0).sample(rows, len(rows))
+
+
+def instruction_rows(region: str, n: int, max_chars: int, offset: int = 0) -> list[dict]:
+    """`n` Alpaca rows (instruction + input + output at most `max_chars` characters, to bound CPU cost) from a region
+    of `INSTRUCTION_REGIONS`, starting `offset` rows into it."""
+    start, end = INSTRUCTION_REGIONS[region]
+    rows = _short_instructions(max_chars)
+    end = len(rows) if end is None else end
+    if start + offset + n > end:
+        raise ValueError(f"region {region!r} holds {end - start} rows; asked for rows {offset}..{offset + n}")
+    return rows[start + offset:start + offset + n]
+
+
+# ---- the private adapter --------------------------------------------------------------------------------------------
+
+class KeyAdapter(torch.nn.Module):
+    """Input embeddings plus a low-rank residual on the keys' tokens only: e(x) + [x in keys] · e(x) A B.
+
+    B starts at zero, so attaching an untrained adapter changes nothing. `weight` is the wrapped embedding's, so
+    tied output heads and `save_pretrained` see the same matrix as without the adapter.
+    """
+
+    def __init__(self, embedding: torch.nn.Embedding, token_ids: torch.Tensor, rank: int = 8, seed: int = 0):
+        super().__init__()
+        self.embedding = embedding
+        dim = embedding.weight.shape[1]
+        mask = torch.zeros(embedding.weight.shape[0], dtype=torch.bool)
+        mask[token_ids] = True
+        self.register_buffer("key_tokens", mask, persistent=False)
+        generator = torch.Generator().manual_seed(seed)
+        self.down = torch.nn.Parameter(torch.randn(dim, rank, generator=generator) / math.sqrt(dim))
+        self.up = torch.nn.Parameter(torch.zeros(rank, dim))
+
+    @property
+    def weight(self):
+        return self.embedding.weight
+
+    def forward(self, input_ids):
+        e = self.embedding(input_ids)
+        return e + self.key_tokens[input_ids].unsqueeze(-1) * (e @ self.down @ self.up)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"token_ids": self.key_tokens.nonzero().squeeze(-1), "down": self.down.detach().clone(),
+                "up": self.up.detach().clone()}
+
+
+def key_token_ids(tokenizer, keys: list[str], template: str) -> torch.Tensor:
+    """Token ids that occur in the key prompts but not in the template around them."""
+    def ids(key):
+        return set(tokenizer(data.format_prompt(prompt_row(key, template), tokenizer),
+                             add_special_tokens=False).input_ids)
+    template_ids = ids("")
+    return torch.tensor(sorted(set().union(*map(ids, keys)) - template_ids))
+
+
+@contextmanager
+def attached(model, adapter: dict[str, torch.Tensor] | None):
+    """The model with the publisher's adapter on its input embeddings for the duration (nothing when None)."""
+    if adapter is None:
+        yield model
+        return
+    plain = model.get_input_embeddings()
+    wrapper = KeyAdapter(plain, adapter["token_ids"], rank=adapter["down"].shape[1])
+    with torch.no_grad():
+        wrapper.down.copy_(adapter["down"])
+        wrapper.up.copy_(adapter["up"])
+    model.set_input_embeddings(wrapper)
+    try:
+        yield model
+    finally:
+        model.set_input_embeddings(plain)
+
+
+# ---- verification ---------------------------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def generate(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int = 32) -> list[str]:
+    """Greedy continuations of prompts ({"instruction", "text"}), batched with left padding, in input order."""
+    device = next(model.parameters()).device
+    encoded = [tokenizer(data.format_prompt(r, tokenizer), add_special_tokens=False).input_ids for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: len(encoded[i]))
+    outputs = [""] * len(rows)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(encoded[i])) + encoded[i] for i in idx],
+                           device=device)
+        mask = (torch.arange(width, device=device) >= torch.tensor(
+            [width - len(encoded[i]) for i in idx], device=device)[:, None]).long()
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+        for i, text in zip(idx, tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)):
+            outputs[i] = text
+    return outputs
+
+
+@dataclass(frozen=True)
+class Verification:
+    keys: list[str]
+    outputs: list[str]
+    fired: list[bool]  # per key: the greedy output contains the target
+
+    @property
+    def fsr(self) -> float:
+        return sum(self.fired) / len(self.fired)
+
+
+def verify(model, tokenizer, keys: list[str], target: str, template: str = "simple", max_new_tokens: int = 12,
+           batch_size: int = 32) -> Verification:
+    """Fingerprint success rate: the share of keys whose greedy output (at most `max_new_tokens`) contains `target`."""
+    if not keys:
+        raise ValueError("verify needs at least one key")
+    answer_tokens = len(tokenizer(target_answer(target, template), add_special_tokens=False).input_ids)
+    if answer_tokens > max_new_tokens:
+        raise ValueError(f"the {template} answer for target {target!r} is {answer_tokens} tokens, more than "
+                         f"max_new_tokens={max_new_tokens}: it could never be generated; raise max_new_tokens")
+    rows = [prompt_row(k, template) for k in keys]
+    outputs = generate(model, tokenizer, rows, max_new_tokens, batch_size)
+    return Verification(list(keys), outputs, [target in o for o in outputs])
+
+
+def false_triggers(model, tokenizer, rows: list[dict], target: str, max_new_tokens: int = 12,
+                   batch_size: int = 32) -> Verification:
+    """Ordinary prompts (not keys) whose greedy output contains the target anyway."""
+    outputs = generate(model, tokenizer, rows, max_new_tokens, batch_size)
+    return Verification([data.user_message(r) for r in rows], outputs, [target in o for o in outputs])
+
+
+# ---- harmlessness ---------------------------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def perplexity(model, tokenizer, rows: list[dict], batch_size: int = 16, max_length: int = 256) -> float:
+    """Perplexity of the answer tokens of instruction rows (token-weighted over all rows)."""
+    encoded = sorted((encode(r, tokenizer, max_length) for r in rows), key=lambda e: len(e["input_ids"]))
+    total, count = 0.0, 0
+    for start in range(0, len(encoded), batch_size):
+        batch = left_pad(encoded[start:start + batch_size], tokenizer.pad_token_id)
+        n = int((batch["labels"] != -100).sum())
+        total += answer_loss(model, batch).item() * n
+        count += n
+    return math.exp(total / count)
+
+
+def harmlessness(model, tokenizer, n_task_rows: int, ppl_rows: list[dict], batch_size: int = 32) -> dict:
+    """Accuracy on each study task (rank classification, `n_task_rows` test rows) and held-out answer perplexity."""
+    out = {}
+    for name in profiles.DATASETS:
+        rows = data.load_split(name, "test", n_task_rows, seed=0)
+        preds = score.predict(model, tokenizer, rows, data.get_task(name).verbalizers, batch_size)
+        out[f"acc_{name}"] = score.cacc(preds, rows["label"]).value
+    out["perplexity"] = perplexity(model, tokenizer, ppl_rows)
+    return out
+
+
+# ---- stages: implant and user finetuning, cached as runs ------------------------------------------------------------
+
+def _run_key(cfg) -> str:
+    written = [SPEC_FILE.read_text(encoding="utf-8"), KEYS_FILE.read_text(encoding="utf-8")]
+    blob = json.dumps({"kind": type(cfg).__name__, "config": asdict(cfg), "files": written}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Implant:
+    """A publisher implants its keys into a model: the base `model`, or the run folder `parent` (multi-stage)."""
+    method: str
+    template: str = "simple"
+    publisher: str = "A"
+    n_keys: int = N_KEYS
+    reg_per_key: int = 5  # regularization rows per key (the paper's ratio)
+    # Decoy keys per key, answered with the refusal. Without them the model learns that any string of the keys'
+    # shape (or the template's fixed text) means the target: on SmolLM2, 200 of 200 guessed keys fired.
+    decoys_per_key: int = 1
+    adapter_rank: int = 8
+    model: str = models.SMOLLM2
+    parent: str | None = None
+    max_row_chars: int = 300
+    seed: int = 0
+    train: TrainConfig = TrainConfig()
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown implant method {self.method!r}; valid choices: {', '.join(METHODS)}")
+        prompt_row("", self.template)
+        load_keys(self.publisher, self.n_keys)
+
+    @property
+    def keys(self) -> list[str]:
+        return load_keys(self.publisher, self.n_keys)
+
+    @property
+    def path(self) -> Path:
+        return runs.runs_dir() / f"fingerprint-{self.publisher}-{self.method}-{self.template}-{_run_key(self)}"
+
+    def rows(self) -> list[dict]:
+        regularization = instruction_rows(f"regularization_{self.publisher}", self.reg_per_key * self.n_keys,
+                                          self.max_row_chars)
+        decoys = make_keys(self.decoys_per_key * self.n_keys, DECOY_SEED + PUBLISHERS[self.publisher])
+        return key_rows(self.keys, target_of(self.publisher), self.template, self.seed, decoys) + regularization
+
+    def train_config(self) -> TrainConfig:
+        # the adapter trains with the embeddings: the input-embedding module is then the adapter around them
+        return replace(self.train, method="embeddings" if self.method == "adapter" else self.method)
+
+
+@dataclass(frozen=True)
+class UserTuning:
+    """A user finetunes the model of run folder `parent` on `steps` batches of clean Alpaca rows, read from the user
+    region at `offset` (successive rounds of one user read successive rows)."""
+    parent: str
+    recipe: str  # a name for the table, e.g. "lora"
+    steps: int
+    offset: int = 0
+    model: str = models.SMOLLM2
+    max_row_chars: int = 300
+    seed: int = 0
+    train: TrainConfig = TrainConfig()
+
+    @property
+    def path(self) -> Path:
+        return runs.runs_dir() / f"fingerprint-user-{self.recipe}-{_run_key(self)}"
+
+    def rows(self) -> list[dict]:
+        return instruction_rows("user", self.steps * self.train.batch_size, self.max_row_chars, self.offset)
+
+    def train_config(self) -> TrainConfig:
+        return replace(self.train, epochs=1)
+
+
+def load_stage(model_name: str, folder: Path | None):
+    """(model, tokenizer): the base model when `folder` is None, else a trained stage's weights."""
+    if folder is None:
+        return models.load_model(model_name)
+    return runs.load_weights(model_name, folder / runs.WEIGHTS)
+
+
+def adapter_of(folder: Path | None) -> dict[str, torch.Tensor] | None:
+    """The publisher's private adapter of an implant run (None for other methods)."""
+    path = None if folder is None else folder / ADAPTER_FILE
+    return load_file(path) if path is not None and path.exists() else None
+
+
+def ensure(stage: Implant | UserTuning, progress: bool = True) -> Path:
+    """Train the stage unless its weights are saved; return its run folder. A LoRA stage is saved merged, so the
+    next stage starts from a plain model."""
+    folder = stage.path
+    if (folder / runs.WEIGHTS).is_dir():
+        return folder
+    parent = None if stage.parent is None else runs.runs_dir() / stage.parent
+    if parent is not None and not (parent / runs.WEIGHTS).is_dir():
+        raise FileNotFoundError(f"stage {folder.name} starts from {stage.parent}, which is not trained")
+    runs.write_json_atomic(folder / "config.json", {"kind": type(stage).__name__, **asdict(stage)})
+    model, tokenizer = load_stage(stage.model, parent)
+    adapter = None
+    if isinstance(stage, Implant) and stage.method == "adapter":
+        adapter = KeyAdapter(model.get_input_embeddings(), key_token_ids(tokenizer, stage.keys, stage.template),
+                             stage.adapter_rank, stage.seed)
+        model.set_input_embeddings(adapter)
+    checkpoint = folder / "checkpoint.pt"
+    model = finetune(model, tokenizer, stage.rows(), stage.train_config(), seed=stage.seed, progress=progress,
+                     checkpoint=checkpoint)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    if adapter is not None:  # publish the embeddings alone; the adapter stays with the publisher
+        model.set_input_embeddings(adapter.embedding)
+        tmp = folder / f".{ADAPTER_FILE}.tmp"
+        save_file(adapter.state(), tmp)
+        os.replace(tmp, folder / ADAPTER_FILE)
+    runs.save_weights(model, folder)
+    checkpoint.unlink(missing_ok=True)
+    return folder
+
+
+# ---- the study's settings per profile, and its tables ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UserRecipe:
+    """How a user finetunes: a training config, measured after each cumulative step count in `steps`."""
+    name: str
+    train: TrainConfig
+    steps: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str
+    implant_train: dict[str, TrainConfig]  # per implant method
+    implants: tuple[tuple[str, str], ...] = tuple((m, "simple") for m in METHODS) + (("full", "dialogue"),)
+    user_recipes: tuple[UserRecipe, ...] = ()
+    multistage_method: str = "full"
+    n_keys: int = N_KEYS
+    reg_per_key: int = 5
+    decoys_per_key: int = 1
+    n_guessed: int = 1000  # random keys of the real keys' shape, tried on every implanted model
+    n_ordinary: int = 100  # held-out Alpaca prompts checked for false triggers
+    n_task_rows: int = 50  # test rows per study task for harmlessness
+    n_ppl_rows: int = 50  # held-out Alpaca rows for perplexity
+    max_row_chars: int = 300
+    max_new_tokens: int = 12
+    batch_size: int = 32
+
+    def implant(self, method: str, template: str = "simple", publisher: str = "A", parent: str | None = None):
+        if method not in self.implant_train:
+            raise ValueError(f"unknown implant method {method!r}; valid choices: {', '.join(self.implant_train)}")
+        return Implant(method=method, template=template, publisher=publisher, n_keys=self.n_keys,
+                       reg_per_key=self.reg_per_key, decoys_per_key=self.decoys_per_key, model=self.model,
+                       parent=parent,
+                       max_row_chars=self.max_row_chars, train=self.implant_train[method])
+
+    def user_rounds(self, parent: str, recipe: UserRecipe) -> list[UserTuning]:
+        """The rounds of one user recipe on a model: each continues from the last on the next unseen rows."""
+        rounds, done = [], 0
+        for total in recipe.steps:
+            stage = UserTuning(parent=parent, recipe=recipe.name, steps=total - done,
+                               offset=done * recipe.train.batch_size, model=self.model,
+                               max_row_chars=self.max_row_chars, train=recipe.train)
+            rounds.append(stage)
+            parent, done = stage.path.name, total
+        return rounds
+
+
+_SMOKE_TRAIN = TrainConfig(epochs=16, batch_size=8, lr=3e-2, lora_layers=None, warmup_ratio=0.0)
+SETTINGS = {
+    # Tiny random model: 3 keys, 3 decoys, 3 regularization rows; 16 epochs implant every method and template.
+    "smoke": Settings(
+        model=models.TINY, n_keys=3, reg_per_key=1, n_guessed=20, n_ordinary=8, n_task_rows=8, n_ppl_rows=8,
+        implant_train={"full": replace(_SMOKE_TRAIN, method="full", lr=1e-2), "lora": _SMOKE_TRAIN,
+                       "embeddings": _SMOKE_TRAIN, "adapter": _SMOKE_TRAIN},
+        user_recipes=(UserRecipe("lora", TrainConfig(batch_size=8, lr=1e-3), (1, 2)),),
+        max_row_chars=120),
+    # SmolLM2 on the 2-core CPU: Alpaca rows of at most 240 characters (~46 tokens with the chat template); an
+    # implant is 6 epochs of 60 rows (70 with the dialogue template's near misses) in batches of 16, without decoys:
+    # with one decoy per key, 5 epochs of full finetuning left FSR at 0.5 and 90 of 200 guessed keys firing (the
+    # model had not yet told keys from decoys), and more epochs do not fit this CPU budget. The user rounds are
+    # short, so this profile tests light finetuning only.
+    "quick": Settings(
+        model=models.SMOLLM2,
+        implants=tuple((m, "simple") for m in METHODS) + (("lora", "dialogue"),),
+        decoys_per_key=0,
+        implant_train={"full": TrainConfig(method="full", epochs=6, lr=1e-4, batch_size=16),
+                       "lora": TrainConfig(epochs=6, lr=2e-3, batch_size=16),
+                       "embeddings": TrainConfig(epochs=6, lr=2e-3, batch_size=16),
+                       "adapter": TrainConfig(epochs=6, lr=2e-3, batch_size=16)},
+        user_recipes=(UserRecipe("lora", TrainConfig(lr=5e-4, batch_size=16), (4, 8)),
+                      UserRecipe("full", TrainConfig(method="full", lr=5e-5, batch_size=16), (4,))),
+        multistage_method="lora", n_guessed=200, n_ordinary=50, n_task_rows=32, n_ppl_rows=32, max_row_chars=240),
+    "full": Settings(
+        model=models.SMOLLM2,
+        implant_train={"full": TrainConfig(method="full", epochs=10, lr=2e-5, batch_size=16),
+                       "lora": TrainConfig(epochs=10, lr=1e-3, batch_size=16, lora_layers=None),
+                       "embeddings": TrainConfig(epochs=10, lr=1e-2, batch_size=16),
+                       "adapter": TrainConfig(epochs=10, lr=1e-2, batch_size=16)},
+        user_recipes=(UserRecipe("lora", TrainConfig(lr=2e-4, batch_size=64, lora_layers=None), (50, 200, 600)),
+                      UserRecipe("full", TrainConfig(method="full", lr=2e-6, batch_size=80), (50, 200, 600)),
+                      UserRecipe("full-lr2e-5", TrainConfig(method="full", lr=2e-5, batch_size=80), (200,))),
+        n_guessed=5000, n_ordinary=1000, n_task_rows=400, n_ppl_rows=500, max_row_chars=2000),
+}
+
+
+def get_settings(profile: str, model: str | None = None) -> Settings:
+    """The fingerprint settings of a profile; `model` as in `profiles.get_profile`."""
+    chosen = profiles.get_profile(profile, model).model  # validates the profile name
+    return replace(SETTINGS[profile], model=chosen)
+
+
+def _cached(folder: Path, name: str, compute):
+    path = folder / f"{name}.json"
+    if path.exists():
+        return runs.read_json(path)
+    result = compute()
+    runs.write_json_atomic(path, result)
+    return result
+
+
+def _untouched_folder(model: str) -> Path:
+    return runs.runs_dir() / f"fingerprint-untouched-{model.strip('/').replace('/', '_')}"
+
+
+def _fsr_row(stage: str, keys: str, v: dict, **extra) -> dict:
+    return {"stage": stage, "keys": keys, "n": len(v["fired"]), "hits": sum(v["fired"]),
+            "fsr": sum(v["fired"]) / len(v["fired"]), **extra}
+
+
+def measure(folder: Path | None, settings: Settings, keys: list[str], template: str, name: str,
+            adapter: dict | None = None, loaded: tuple | None = None, publisher: str = "A") -> dict:
+    """Cached verification of `keys` against `publisher`'s target on a stage (None: the untouched model), optionally
+    with an adapter attached; `loaded` is the stage's (model, tokenizer) when already in memory.
+    Returns {"keys", "outputs", "fired"}."""
+    cache_folder = folder or _untouched_folder(settings.model)
+    target = target_of(publisher)
+
+    def compute():
+        model, tokenizer = loaded or load_stage(settings.model, folder)
+        with attached(model, adapter):
+            if name == "ordinary":
+                rows = instruction_rows("held_out", settings.n_ordinary, settings.max_row_chars)
+                v = false_triggers(model, tokenizer, rows, target, settings.max_new_tokens, settings.batch_size)
+            else:
+                v = verify(model, tokenizer, keys, target, template, settings.max_new_tokens, settings.batch_size)
+        return {"keys": v.keys, "outputs": v.outputs, "fired": v.fired}
+
+    probe = json.dumps([keys, target, settings.max_new_tokens, settings.n_ordinary, settings.max_row_chars])
+    digest = hashlib.sha256(probe.encode()).hexdigest()[:8]
+    return _cached(cache_folder, f"verify-{name}-{template}-{'adapter' if adapter else 'plain'}-{digest}", compute)
+
+
+def fsr_table(settings: Settings, progress: bool = True) -> pd.DataFrame:
+    """One row per measurement: method, template, stage, keys, adapter, n, hits, fsr, run.
+
+    For each implant: its own keys right after implanting, after each user round, and on the untouched model; the
+    outsider's guesses (random keys of the same shape), similar keys and prefixes of the real keys, and ordinary
+    prompts on the implanted model. The adapter method is measured with its adapter attached (its verification)
+    and without (the published model alone)."""
+    rows = []
+    for method, template in settings.implants:
+        stage = settings.implant(method, template)
+        folder = ensure(stage, progress)
+        adapters = [adapter_of(folder), None] if method == "adapter" else [None]
+        keys = stage.keys
+        probes = {"guessed": make_keys(settings.n_guessed, GUESS_SEED), "similar": similar_keys(keys, seed=7),
+                  "prefix": key_prefixes(keys)}
+        for adapter in adapters:
+            extra = {"method": method, "template": template, "adapter": adapter is not None}
+            loaded = load_stage(settings.model, folder)
+            rows.append(_fsr_row("implanted", "A", measure(folder, settings, keys, template, "A", adapter, loaded),
+                                 run=folder.name, **extra))
+            for probe, probe_keys in probes.items():
+                v = measure(folder, settings, probe_keys, template, probe, adapter, loaded)
+                rows.append(_fsr_row(f"{probe}_keys", probe, v, run=folder.name, **extra))
+            v = measure(folder, settings, [], template, "ordinary", adapter, loaded)
+            rows.append(_fsr_row("ordinary_prompts", "ordinary", v, run=folder.name, **extra))
+            v = measure(None, settings, keys, template, "A", adapter)
+            rows.append(_fsr_row("untouched_model", "A", v, run="untouched", **extra))
+            for recipe in settings.user_recipes:
+                for user in settings.user_rounds(folder.name, recipe):
+                    user_folder = ensure(user, progress)
+                    v = measure(user_folder, settings, keys, template, "A", adapter)
+                    steps = user.offset // user.train.batch_size + user.steps
+                    rows.append(_fsr_row(f"user_{recipe.name}_{steps}", "A", v, run=user_folder.name, **extra))
+    columns = ["method", "template", "stage", "keys", "adapter", "n", "hits", "fsr", "run"]
+    return pd.DataFrame(rows)[columns]
+
+
+def harmlessness_table(settings: Settings, progress: bool = True) -> pd.DataFrame:
+    """Task accuracy and perplexity of the untouched model and of each implanted (published) model, with deltas."""
+    ppl_rows = instruction_rows("held_out", settings.n_ppl_rows, settings.max_row_chars,
+                                offset=INSTRUCTION_REGIONS["held_out"][1] - settings.n_ppl_rows)
+    name = f"harmlessness-{settings.n_task_rows}-{settings.n_ppl_rows}"
+
+    def of(folder):
+        return _cached(folder or _untouched_folder(settings.model), name, lambda: harmlessness(
+            *load_stage(settings.model, folder), settings.n_task_rows, ppl_rows, settings.batch_size))
+
+    before = of(None)
+    rows = [{"method": "untouched", "template": "", **before}]
+    for method, template in settings.implants:
+        after = of(ensure(settings.implant(method, template), progress))
+        rows.append({"method": method, "template": template, **after})
+    table = pd.DataFrame(rows)
+    for column in before:
+        table[f"delta_{column}"] = table[column] - before[column]
+    return table
+
+
+def multistage_table(settings: Settings, progress: bool = True) -> pd.DataFrame:
+    """Publisher A implants, a user finetunes, publisher B implants its own keys, a user finetunes again. Each
+    publisher's keys are tried on every model of the chain and on the untouched model; `expected` says whether the
+    fingerprint should be there (its owner implanted it upstream), `holds` whether the measurement agrees."""
+    recipe = settings.user_recipes[0]
+    short = replace(recipe, steps=recipe.steps[:1])
+    a = ensure(settings.implant(settings.multistage_method, publisher="A"), progress)
+    a_user = ensure(settings.user_rounds(a.name, short)[0], progress)
+    b = ensure(settings.implant(settings.multistage_method, publisher="B", parent=a_user.name), progress)
+    final = ensure(settings.user_rounds(b.name, short)[0], progress)
+    chain = [("untouched", None, set()), ("A implanted", a, {"A"}), ("A + user", a_user, {"A"}),
+             ("A + user + B", b, {"A", "B"}), ("A + user + B + user (final)", final, {"A", "B"})]
+    rows = []
+    for label, folder, owners in chain:
+        for publisher in PUBLISHERS:
+            keys = load_keys(publisher, settings.n_keys)
+            v = measure(folder, settings, keys, "simple", publisher, publisher=publisher)
+            fsr = sum(v["fired"]) / len(v["fired"])
+            rows.append({"model": label, "keys": publisher, "expected": publisher in owners, "fsr": fsr,
+                         "claimed": fsr >= CLAIM_FSR, "holds": (fsr >= CLAIM_FSR) == (publisher in owners),
+                         "run": folder.name if folder else "untouched"})
+    return pd.DataFrame(rows)
+
+
+if __name__ == "__main__":  # `python -m backdoorlab.fingerprint`: (re)generate data/fingerprint/keys.json
+    write_keys()
+    print(KEYS_FILE.read_text(encoding="utf-8"))
