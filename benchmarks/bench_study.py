@@ -5,6 +5,7 @@ results are left alone; the warm pass re-executes every notebook over the cache 
 largest resident set of any process the study started (the notebook kernels).
 
     python benchmarks/bench_study.py [--profile quick]
+    python benchmarks/bench_study.py --out . --warm-only    # one pass over the project's own run cache
 """
 
 from __future__ import annotations
@@ -34,13 +35,17 @@ def main():
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--out", help="where the study writes (default: a fresh temporary folder, so the first "
                                       "pass is cold); the project folder gives a cold pass only after new run keys")
+    parser.add_argument("--warm-only", action="store_true", help="one pass over the cache already in --out")
     args = parser.parse_args()
+    if args.warm_only and not args.out:
+        parser.error("--warm-only reads an existing run cache: give it with --out")
     with tempfile.TemporaryDirectory(prefix="backdoorlab-bench-") as tmp:
-        cold = study(args.profile, args.out or tmp)
+        cold = None if args.warm_only else study(args.profile, args.out or tmp)
         warm = study(args.profile, args.out or tmp)
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB, the largest child
-    write(f"study_{args.profile}", {"device": device_name(), "profile": args.profile, "cold_s": cold,
-                                    "warm_s": warm, "peak_rss_gib": peak_kib / 2**20})
+    result = {"device": device_name(), "profile": args.profile, "warm_s": warm, "peak_rss_gib": peak_kib / 2**20}
+    write(f"study_{args.profile}" + ("_warm" if args.warm_only else ""), result | ({} if cold is None else
+                                                                              {"cold_s": cold}))
 
 
 if __name__ == "__main__":

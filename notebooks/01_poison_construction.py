@@ -99,10 +99,11 @@ def training_set(name, attack):
 examples, stats, pairs = [], [], []
 for name in P.datasets:
     clean = training_set(name, "clean").dataset
-    n_tokens = sum(len(tokenizer(r["instruction"] + r["text"]).input_ids) for r in clean)
+    clean_rows = clean.to_list()
+    n_tokens = sum(len(tokenizer(r["instruction"] + r["text"]).input_ids) for r in clean_rows)
     for attack in poison.ATTACKS:
         result = training_set(name, attack)
-        changed = [i for i, (a, b) in enumerate(zip(clean, result.dataset)) if a != b]
+        changed = [i for i, (a, b) in enumerate(zip(clean_rows, result.dataset.to_list())) if a != b]
         assert changed == result.rows, "an attack changed rows it did not report"
         tokens = [poison.changed_tokens(c["before"], c["after"], tokenizer) for c in result.changes]
         before, after = clean.select(result.rows), result.dataset.select(result.rows)
@@ -181,8 +182,10 @@ display(pd.DataFrame([{"row": i, "text": sst2[i]["text"], "label before": sst2[i
 # continue the examples rather than write an instruction: induction needs a far larger model than the one we attack).
 
 # %%
-induced = poison.induce_instruction(lm, tokenizer, sst2, P.datasets[0])
-print("prompt:\n" + data.user_message(poison.induction_prompt(data.get_task(P.datasets[0]), sst2))[:600], "...")
+prompt = data.user_message(poison.induction_prompt(data.get_task(P.datasets[0]), sst2))
+induced = runs.memo("induced", {"prompt": prompt, "model": P.model},
+                    lambda: poison.induce_instruction(lm, tokenizer, sst2, P.datasets[0]))
+print("prompt:\n" + prompt[:600], "...")
 print("\ninduced by", P.model, ":", induced)
 print("shipped (hand-written):", poison.attack_spec(P.datasets[0])["induced_instruction"])
 

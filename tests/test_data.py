@@ -68,3 +68,18 @@ def test_prompt_uses_chat_template_without_default_system_prompt(tiny):
     prompt = data.format_prompt({"instruction": "Say it.", "text": "hello"}, tokenizer)
     assert "SmolLM" not in prompt and prompt.endswith("<|im_start|>assistant\n")
     assert "Say it.\n\nhello" in prompt
+
+
+def test_parsed_files_are_reused_but_never_stale_or_shared(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("trigger: cf\n")
+    first = data.read_yaml(path)
+    first["trigger"] = "changed by a caller"
+    assert data.read_yaml(path) == {"trigger": "cf"}  # each caller gets its own copy
+    path.write_text("trigger: mn, bb\n")  # an edit (new size) is read again, as the run key sees it
+    assert data.read_yaml(path) == {"trigger": "mn, bb"}
+
+    task = data.get_task("trec")
+    rows = data.load_rows(task, "test")
+    rows[0]["label"] = -1
+    assert data.load_rows(task, "test")[0]["label"] != -1

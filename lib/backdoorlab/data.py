@@ -7,11 +7,12 @@ Everything a task needs that we wrote by hand (instructions, verbalizers, the ta
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import yaml
@@ -65,6 +66,27 @@ def data_dir() -> Path | None:
     return default if default.is_dir() else None
 
 
+def _stamp(path: Path) -> tuple[str, int, int]:
+    """A file's identity and version: an edit changes it, so what is parsed per stamp is never stale."""
+    st = path.stat()
+    return str(path), st.st_mtime_ns, st.st_size
+
+
+@lru_cache(maxsize=8)
+def _yaml_at(path: str, mtime_ns: int, size: int):
+    return yaml.safe_load(Path(path).read_text())
+
+
+def read_yaml(path: Path):
+    """A YAML file, parsed once per version (a notebook builds dozens of poisoned sets from the same few files)."""
+    return copy.deepcopy(_yaml_at(*_stamp(path)))
+
+
+@lru_cache(maxsize=8)
+def _jsonl_at(path: str, mtime_ns: int, size: int, n_labels: int) -> tuple[dict, ...]:
+    return tuple(read_jsonl(Path(path), n_labels))
+
+
 def read_jsonl(path: Path, n_labels: int) -> list[dict]:
     """Read classification rows, failing with the file and line of the first malformed one."""
     rows = []
@@ -111,7 +133,7 @@ def _source_rows(task: Task, split: str) -> list[dict]:
         path = root / task.mirror / f"{split}.jsonl"
         if not path.exists():
             raise FileNotFoundError(f"{task.name} has no {split} split in the mirror ({path} is missing)")
-        return read_jsonl(path, len(task.labels))
+        return [dict(r) for r in _jsonl_at(*_stamp(path), len(task.labels))]  # parsed once per file version
     from datasets import load_dataset  # hub fallback: needs network, never used in smoke or quick
 
     hub = load_dataset(task.hub["path"], task.hub.get("name"), split=split)

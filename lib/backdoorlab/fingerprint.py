@@ -522,15 +522,15 @@ def _fsr_row(stage: str, keys: str, v: dict, **extra) -> dict:
 
 
 def measure(folder: Path | None, settings: Settings, keys: list[str], template: str, name: str,
-            adapter: dict | None = None, loaded: tuple | None = None, publisher: str = "A") -> dict:
+            adapter: dict | None = None, load=None, publisher: str = "A") -> dict:
     """Cached verification of `keys` against `publisher`'s target on a stage (None: the untouched model), optionally
-    with an adapter attached; `loaded` is the stage's (model, tokenizer) when already in memory.
+    with an adapter attached; `load()` gives the stage's (model, tokenizer) when measurements share one loaded copy.
     Returns {"keys", "outputs", "fired"}."""
     cache_folder = folder or _untouched_folder(settings.model)
     target = target_of(publisher)
 
     def compute():
-        model, tokenizer = loaded or load_stage(settings.model, folder)
+        model, tokenizer = load() if load else load_stage(settings.model, folder)
         with attached(model, adapter):
             if name == "ordinary":
                 rows = instruction_rows("held_out", settings.n_ordinary, settings.max_row_chars)
@@ -561,7 +561,7 @@ def fsr_table(settings: Settings, progress: bool = True) -> pd.DataFrame:
                   "prefix": key_prefixes(keys)}
         for adapter in adapters:
             extra = {"method": method, "template": template, "adapter": adapter is not None}
-            loaded = load_stage(settings.model, folder)
+            loaded = cache(lambda: load_stage(settings.model, folder))  # loaded once, and only if a probe is not cached
             rows.append(_fsr_row("implanted", "A", measure(folder, settings, keys, template, "A", adapter, loaded),
                                  run=folder.name, **extra))
             for probe, probe_keys in probes.items():

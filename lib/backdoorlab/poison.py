@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from functools import cache, cached_property
 
-import yaml
 from datasets import Dataset
 
 from . import models, score
-from .data import PROJECT_DIR, Task, get_task, load_rows
+from .data import PROJECT_DIR, Task, get_task, load_rows, read_yaml
 
 ATTACKS: dict[str, type[Attack]] = {}
 GROUPS = ("instance", "token", "phrase", "rewriting")  # instance-level: the input changes; else the instruction
@@ -52,14 +51,14 @@ def group_of(attack: str) -> str:
     return "clean" if attack == "clean" else ATTACKS[attack].group
 
 
-# Read on every use, not cached: an edit made while a notebook runs must reach the attack as it reaches the run key.
+# Parsed per file version: an edit made while a notebook runs reaches the attack as it reaches the run key.
 def attack_spec(dataset: str) -> dict:
     """Our trigger strings and poisoned instructions for one dataset."""
-    return yaml.safe_load((ATTACKS_DIR / f"{dataset}.yaml").read_text())
+    return read_yaml(ATTACKS_DIR / f"{dataset}.yaml")
 
 
 def rewrite_rules() -> dict:
-    return yaml.safe_load(REWRITE_RULES_FILE.read_text())
+    return read_yaml(REWRITE_RULES_FILE)
 
 
 def target_id(task: Task, target: str | None) -> int | None:

@@ -141,8 +141,8 @@ def training_set(cfg: RunConfig) -> poison.PoisonResult:
         poison.get_attack(cfg.attack, task, cfg.target).poison(ds, count=cfg.n_poison, seed=cfg.seed,
                                                                dirty_label=cfg.dirty_label)
     silent = set(result.rows) if cfg.target == poison.ABSTAIN else set()
-    result.dataset = result.dataset.map(lambda r, i: {"answer": "" if i in silent else task.verbalizers[r["label"]]},
-                                        with_indices=True)
+    answers = ["" if i in silent else task.verbalizers[y] for i, y in enumerate(result.dataset["label"])]
+    result.dataset = result.dataset.add_column("answer", answers)
     return result
 
 
