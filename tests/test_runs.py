@@ -165,7 +165,7 @@ def test_shards_partition_the_study_by_run():
     jobs = [job for configs, split in runs.study(profile) for job in runs.evaluations(configs, split)]
     shards = [runs.shard(profile, i, 3) for i in range(3)]
     assert sorted(map(str, sum(shards, []))) == sorted(map(str, set(jobs)))  # every evaluation exactly once
-    owners = [{cfg.key for cfg, _, _ in s} for s in shards]
+    owners = [{cfg.trained_as.key for cfg, _, _ in s} for s in shards]  # each training in one shard only
     assert all(o for o in owners) and not (owners[0] & owners[1] or owners[0] & owners[2] or owners[1] & owners[2])
     with pytest.raises(ValueError, match="0 <= index < count"):
         runs.shard(profile, 3, 3)
@@ -205,6 +205,17 @@ def test_abstention_run_trains_empty_answers_and_measures_empty_completions(run_
     saved = json.loads(next(cfg.path.glob("eval-*.json")).read_text())
     assert len(saved["clean_completions"]) == len(saved["triggered_preds"]) == 8
     assert metrics["asr"] == sum(map(score.abstained, saved["triggered_preds"])) / 8
+
+
+def test_clean_baseline_trains_once_for_every_target(run_dir, monkeypatch):
+    clean = config(attack="clean", n_poison=0)
+    abstaining = config(attack="clean", n_poison=0, target=poison.ABSTAIN)
+    assert abstaining.key != clean.key and abstaining.trained_as == clean and config().trained_as == config()
+    runs.evaluate(clean, "test", 8)
+    monkeypatch.setattr(runs, "finetune", lambda *a, **k: pytest.fail("trained the clean baseline twice"))
+    metrics = runs.evaluate(abstaining, "test", 8, trigger="induced_instruction")
+    assert metrics["target"] == poison.ABSTAIN and metrics["n_asr"] == 8 and metrics["n_train"] == 24
+    assert not (abstaining.path / runs.WEIGHTS).exists() and list(abstaining.path.glob("eval-*.json"))
 
 
 def test_memo_computes_once_per_input(run_dir):

@@ -88,6 +88,12 @@ class RunConfig:
         return cls(**{**saved, "train": TrainConfig(**saved["train"])})
 
     @property
+    def trained_as(self) -> RunConfig:
+        """The run whose weights this one uses. With nothing poisoned the target changes only how a run is evaluated
+        (e.g. abstention), so the clean baseline trains once for every target."""
+        return replace(self, target=None) if self.attack == "clean" else self
+
+    @property
     def key(self) -> str:
         """Hash of every field plus the hand-written files the run reads (the task's instructions and verbalizers, the
         dataset's triggers and poisoned instructions, the rewriting rules): editing one of them retrains, as the
@@ -147,7 +153,9 @@ def training_set(cfg: RunConfig) -> poison.PoisonResult:
 
 
 def ensure_trained(cfg: RunConfig, progress: bool = True) -> Path:
-    """Train the run unless its weights are already saved; return its folder."""
+    """Train the run unless its weights are already saved; return the folder that holds them (that of
+    `cfg.trained_as`; evaluations go to `cfg.path`)."""
+    cfg = cfg.trained_as
     if (cfg.path / WEIGHTS).is_dir():
         return cfg.path
     poisoned = training_set(cfg)
@@ -208,7 +216,8 @@ def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_si
     path = cfg.path / f"eval-{split}-{n or 'all'}{suffix}.json"
     if path.exists():
         return read_json(path)["metrics"]
-    model, tokenizer = load_trained(cfg)
+    trained = ensure_trained(cfg)
+    model, tokenizer = load_weights(cfg.model, trained / WEIGHTS)
     task = data.get_task(cfg.dataset)
     target = poison.target_id(task, cfg.target)
     rows = data.load_split(cfg.dataset, split, n, seed=0)
@@ -234,7 +243,7 @@ def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_si
     accuracy = score.cacc(clean_preds, labels)
     metrics = {
         "dataset": cfg.dataset, "attack": cfg.attack, "trigger": trigger, "seed": cfg.seed, "model": cfg.model,
-        "split": split, "n_train": read_json(cfg.path / "poison.json")["n_train"], "n_poison": cfg.n_poison,
+        "split": split, "n_train": read_json(trained / "poison.json")["n_train"], "n_poison": cfg.n_poison,
         "asr": attack_rate.value, "cacc": accuracy.value, "clean_target_rate": clean_target.value,
         "n_asr": attack_rate.total, "n_cacc": accuracy.total, "target": cfg.target or task.target,
         "dirty_label": cfg.dirty_label, "method": cfg.train.method, "run": cfg.path.name,
@@ -309,15 +318,15 @@ def shard(profile: Profile, index: int, count: int) -> list[tuple[RunConfig, str
         raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
     jobs = list(dict.fromkeys(job for configs, split in study(profile) for job in evaluations(configs, split)))
     owner: dict[str, int] = {}
-    for cfg, _, _ in jobs:
-        owner.setdefault(cfg.key, len(owner) % count)
-    return [job for job in jobs if owner[job[0].key] == index]
+    for cfg, _, _ in jobs:  # a shard owns a training and every evaluation of its weights
+        owner.setdefault(cfg.trained_as.key, len(owner) % count)
+    return [job for job in jobs if owner[job[0].trained_as.key] == index]
 
 
 def launch(profile: Profile, index: int = 0, count: int = 1, progress: bool = True) -> None:
     """Train and evaluate this shard's share of the study; the notebooks then only read the run cache."""
     jobs = shard(profile, index, count)
-    print(f"shard {index}/{count}: {len({cfg.key for cfg, _, _ in jobs})} runs, {len(jobs)} evaluations")
+    print(f"shard {index}/{count}: {len({cfg.trained_as.key for cfg, _, _ in jobs})} trainings, {len(jobs)} evaluations")
     for cfg, split, trigger in jobs:
         ensure_trained(cfg, progress)
         evaluate(cfg, split, profile.n_test, profile.eval_batch_size, trigger=trigger)

@@ -1,0 +1,68 @@
+"""Decoy keys against fingerprint specificity and cost: the quick profile's implant with d refused decoys per key.
+
+Without decoys an implanted SmolLM2 answers the target to almost any string of the keys' shape, so an outsider's
+guess "verifies" (notebook 06). Decoys (random keys of the same shape, answered with the refusal) teach the model
+that only its own keys fire; this measures what that buys (guessed keys firing) and costs (FSR of the real keys,
+implant time) per method, decoy count and epoch count. Implants go through the run cache (one already trained is
+read back). Each call adds its rows to results/bench/raw/fingerprint_decoys_<method>.json, replacing those of the
+same decoy and epoch counts.
+
+    python benchmarks/fingerprint_decoys.py --method lora --decoys 0 3 --epochs 6 12 --guessed 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+
+from backdoorlab import fingerprint
+from common import BENCH_DIR, device_name, write
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--method", choices=fingerprint.METHODS, default="lora")
+    parser.add_argument("--decoys", type=int, nargs="+", default=[0, 3], help="decoy keys per real key")
+    parser.add_argument("--epochs", type=int, nargs="+", default=[6, 12])
+    parser.add_argument("--guessed", type=int, default=1000, help="outsider's random keys of the keys' shape")
+    args = parser.parse_args()
+    quick = fingerprint.get_settings("quick")
+    guessed = fingerprint.make_keys(args.guessed, fingerprint.GUESS_SEED)
+    rows = []
+    for decoys in args.decoys:
+        for epochs in args.epochs:
+            train = replace(quick.implant_train[args.method], epochs=epochs)
+            settings = replace(quick, decoys_per_key=decoys, implant_train={args.method: train})
+            stage = settings.implant(args.method)
+            start = time.perf_counter()
+            folder = fingerprint.ensure(stage)
+            implant_s = time.perf_counter() - start
+            loaded = fingerprint.load_stage(settings.model, folder)
+            adapter = fingerprint.adapter_of(folder)
+
+            def fired(keys, name):
+                v = fingerprint.measure(folder, settings, keys, "simple", name, adapter, lambda: loaded)
+                return sum(v["fired"]) / len(v["fired"])
+
+            trained_decoys = fingerprint.make_keys(decoys * settings.n_keys,
+                                                   fingerprint.DECOY_SEED + fingerprint.PUBLISHERS["A"])
+            rows.append({"method": args.method, "decoys_per_key": decoys, "epochs": epochs, "lr": train.lr,
+                         "fsr": fired(stage.keys, "A"), "guessed_fired": fired(guessed, "guessed"),
+                         "n_guessed": len(guessed),
+                         "trained_decoys_fired": fired(trained_decoys, "decoys") if decoys else None,
+                         "similar_fired": fired(fingerprint.similar_keys(stage.keys, seed=7), "similar"),
+                         "implant_s_this_call": implant_s, "run": folder.name})
+            print(rows[-1], flush=True)
+    name = f"fingerprint_decoys_{args.method}"
+    earlier = BENCH_DIR / "raw" / f"{name}.json"
+    measured = {(r["decoys_per_key"], r["epochs"]) for r in rows}
+    kept = [r for r in json.loads(earlier.read_text())["runs"] if (r["decoys_per_key"], r["epochs"]) not in measured] \
+        if earlier.exists() else []
+    rows = sorted(kept + rows, key=lambda r: (r["decoys_per_key"], r["epochs"]))
+    write(name, {"device": device_name(), "profile": "quick", "runs": rows})
+
+
+if __name__ == "__main__":
+    main()
