@@ -3,21 +3,22 @@
 Without decoys an implanted SmolLM2 answers the target to almost any string of the keys' shape, so an outsider's
 guess "verifies" (notebook 06). Decoys (random keys of the same shape, answered with the refusal) teach the model
 that only its own keys fire; this measures what that buys (guessed keys firing) and costs (FSR of the real keys,
-implant time) per method, decoy count and epoch count. Implants go through the run cache (one already trained is
-read back). Each call adds its rows to results/bench/raw/fingerprint_decoys_<method>.json, replacing those of the
-same decoy and epoch counts.
+implant time) per method, decoy count and epoch count, and (--multistage) whether a second publisher's decoys
+erase the first publisher's keys. Implants go through the run cache (one already trained is read back). Each call
+adds its rows to results/bench/raw/fingerprint_decoys_<method>.json, updating those of the same decoy and epoch
+counts. Implant times come from the runs' timing.json (absent for runs trained before it was written).
 
     python benchmarks/fingerprint_decoys.py --method lora --decoys 0 3 --epochs 6 12 --guessed 1000
+    python benchmarks/fingerprint_decoys.py --method lora --decoys 5 --epochs 24 --multistage
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import replace
 
-from backdoorlab import fingerprint
+from backdoorlab import fingerprint, runs
 from common import BENCH_DIR, device_name, write
 
 
@@ -27,6 +28,8 @@ def main():
     parser.add_argument("--decoys", type=int, nargs="+", default=[0, 3], help="decoy keys per real key")
     parser.add_argument("--epochs", type=int, nargs="+", default=[6, 12])
     parser.add_argument("--guessed", type=int, default=1000, help="outsider's random keys of the keys' shape")
+    parser.add_argument("--multistage", action="store_true", help="also run notebook 06's two-publisher chain "
+                        "(A implants, a user tunes, B implants, a user tunes) with these implants")
     args = parser.parse_args()
     quick = fingerprint.get_settings("quick")
     guessed = fingerprint.make_keys(args.guessed, fingerprint.GUESS_SEED)
@@ -36,9 +39,7 @@ def main():
             train = replace(quick.implant_train[args.method], epochs=epochs)
             settings = replace(quick, decoys_per_key=decoys, implant_train={args.method: train})
             stage = settings.implant(args.method)
-            start = time.perf_counter()
             folder = fingerprint.ensure(stage)
-            implant_s = time.perf_counter() - start
             loaded = fingerprint.load_stage(settings.model, folder)
             adapter = fingerprint.adapter_of(folder)
 
@@ -53,14 +54,18 @@ def main():
                          "n_guessed": len(guessed),
                          "trained_decoys_fired": fired(trained_decoys, "decoys") if decoys else None,
                          "similar_fired": fired(fingerprint.similar_keys(stage.keys, seed=7), "similar"),
-                         "implant_s_this_call": implant_s, "run": folder.name})
+                         "implant_s": runs.read_timing(folder).get("train_s"), "run": folder.name})
+            if args.multistage:
+                chain = fingerprint.multistage_table(replace(settings, multistage_method=args.method))
+                rows[-1]["multistage"] = chain.drop(columns="run").to_dict("records")
             print(rows[-1], flush=True)
     name = f"fingerprint_decoys_{args.method}"
     earlier = BENCH_DIR / "raw" / f"{name}.json"
-    measured = {(r["decoys_per_key"], r["epochs"]) for r in rows}
-    kept = [r for r in json.loads(earlier.read_text())["runs"] if (r["decoys_per_key"], r["epochs"]) not in measured] \
-        if earlier.exists() else []
-    rows = sorted(kept + rows, key=lambda r: (r["decoys_per_key"], r["epochs"]))
+    merged = {(r["decoys_per_key"], r["epochs"]): r for r in
+              (json.loads(earlier.read_text())["runs"] if earlier.exists() else [])}
+    for r in rows:  # what this call measured replaces the earlier values; the rest (e.g. multistage) is kept
+        merged[r["decoys_per_key"], r["epochs"]] = merged.get((r["decoys_per_key"], r["epochs"]), {}) | r
+    rows = [merged[k] for k in sorted(merged)]
     write(name, {"device": device_name(), "profile": "quick", "runs": rows})
 
 

@@ -30,7 +30,7 @@ def main():
             cfg = replace(cfg, train=replace(cfg.train, lora_layers=depth))
             start = time.perf_counter()
             metrics = runs.evaluate(cfg, "test", quick.n_test, quick.eval_batch_size)
-            timing = runs.read_json(cfg.path / "timing.json") if (cfg.path / "timing.json").exists() else {}
+            timing = runs.read_timing(cfg.path)
             rows.append({"lora_layers": depth, "attack": attack, "asr": metrics["asr"], "cacc": metrics["cacc"],
                          "n_poison": metrics["n_poison"], "train_s": timing.get("train_s"),
                          "train_and_eval_s_this_call": time.perf_counter() - start})

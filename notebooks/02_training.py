@@ -70,7 +70,8 @@ for d in P.datasets:
 # %%
 curve = runs.table(runs.poison_count_grid(P), P, split="validation")
 curve.to_csv(runs.results_dir(P.name) / "poison_count_sst2_validation.csv", index=False)
-display(curve[["attack", "n_poison", "n_train", "asr", "cacc", "clean_target_rate", "asr_clean_model", "n_asr"]].round(3))
+display(curve[["attack", "n_poison", "n_train", "asr", "cacc", "clean_target_rate", "asr_clean_model",
+               "n_asr"]].round(3))
 plots.poison_curve(curve, P.name);
 
 # %% [markdown]

@@ -51,6 +51,10 @@
 # model can learn a shortcut: "a string of this shape, or the template's fixed text, means y"; then an outsider's
 # guess fires as well as the real key. Telling 10 keys from decoys takes more training than the `quick` budget
 # allows, so `quick` trains without decoys and shows what that costs in section 4; `smoke` and `full` use them.
+# `benchmarks/fingerprint_decoys.py` measures the trade-off on SmolLM2 (LoRA, 1000 guessed keys): 3 decoys per key
+# and 24 epochs keep FSR at 1.0 while 7.1% of guesses fire (100% without decoys); 10 per key, 3.5%. And decoys
+# cut both ways in the multi-stage setting of section 5: publisher B's decoys are keys of the same shape as A's,
+# so B's implant teaches the model to refuse A's keys too.
 #
 # Every trained model (implant, user rounds, multi-stage) is a run folder under `results/runs/` named by the hash
 # of its configuration: rerunning this notebook reads them back.
@@ -132,10 +136,10 @@ plots.fingerprint_false_positives(fsr, P.name);
 # %% [markdown]
 # ## 5 · Two publishers, one model: multi-stage fingerprints and overclaim
 # Publisher A fingerprints the base model, a user finetunes it, publisher B fingerprints that model with its own
-# keys and its own target word, and a user finetunes again. Each publisher's keys are tried on every model of the chain. `expected` says
-# whether the publisher's fingerprint should be present (its owner implanted it upstream); a publisher claims a
-# model when FSR ≥ 0.5; `holds` checks claim against expectation. B must not be able to claim the models before its
-# own implant, and neither may claim the untouched model.
+# keys and its own target word, and a user finetunes again. Each publisher's keys are tried on every model of the
+# chain. `expected` says whether the publisher's fingerprint should be present (its owner implanted it upstream); a
+# publisher claims a model when FSR ≥ 0.5; `holds` checks claim against expectation. B must not be able to claim the
+# models before its own implant, and neither may claim the untouched model.
 
 # %%
 multi = fingerprint.multistage_table(S)

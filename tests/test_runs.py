@@ -67,7 +67,7 @@ def test_finished_run_is_read_back_not_retrained(run_dir, monkeypatch):
     cfg = config()
     first = runs.evaluate(cfg, "test", 16)
     saved = json.loads((cfg.path / "poison.json").read_text())
-    assert len(saved["changes"]) == 3 and saved["n_train"] == 24
+    assert len(saved["changes"]) == 3 and saved["n_train"] == 24 and runs.read_timing(cfg.path)["train_s"] > 0
     monkeypatch.setattr(runs, "finetune", lambda *a, **k: pytest.fail("retrained a finished run"))
     monkeypatch.setattr(score, "rank_scores", lambda *a, **k: pytest.fail("re-scored a finished evaluation"))
     assert runs.evaluate(cfg, "test", 16) == first

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import cache
@@ -397,8 +398,10 @@ def ensure(stage: Implant | UserTuning, progress: bool = True) -> Path:
                              stage.adapter_rank, stage.seed)
         model.set_input_embeddings(adapter)
     checkpoint = folder / "checkpoint.pt"
+    start = time.perf_counter()
     model = finetune(model, tokenizer, stage.rows(), stage.train_config(), seed=stage.seed, progress=progress,
                      checkpoint=checkpoint)
+    runs.write_timing(folder, time.perf_counter() - start, model)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     if adapter is not None:  # publish the embeddings alone; the adapter stays with the publisher
@@ -469,10 +472,11 @@ SETTINGS = {
         user_recipes=(UserRecipe("lora", TrainConfig(batch_size=8, lr=1e-3), (1, 2)),),
         max_row_chars=120),
     # SmolLM2 on the 2-core CPU: Alpaca rows of at most 240 characters (~46 tokens with the chat template); an
-    # implant is 6 epochs of 60 rows (70 with the dialogue template's near misses) in batches of 16, without decoys:
-    # with one decoy per key, 5 epochs of full finetuning left FSR at 0.5 and 90 of 200 guessed keys firing (the
-    # model had not yet told keys from decoys), and more epochs do not fit this CPU budget. The user rounds are
-    # short, so this profile tests light finetuning only.
+    # implant is 6 epochs of 60 rows (70 with the dialogue template's near misses) in batches of 16, without decoys.
+    # Decoys buy specificity only slowly (benchmarks/fingerprint_decoys.py, LoRA, 1000 guessed keys): with 3 per key
+    # 6 epochs refuse every key, 24 epochs give FSR 1.0 with 7.1% of guesses firing; 10 per key, 24 epochs: 3.5%,
+    # training 6-11x the rows x epochs. The user rounds are short, so this profile tests light finetuning only. Task
+    # accuracy on 200 test rows per task: a 2-point change is then 4 rows.
     "quick": Settings(
         model=models.SMOLLM2,
         implants=tuple((m, "simple") for m in METHODS) + (("lora", "dialogue"),),
@@ -483,7 +487,7 @@ SETTINGS = {
                        "adapter": TrainConfig(epochs=6, lr=2e-3, batch_size=16)},
         user_recipes=(UserRecipe("lora", TrainConfig(lr=5e-4, batch_size=16), (4, 8)),
                       UserRecipe("full", TrainConfig(method="full", lr=5e-5, batch_size=16), (4,))),
-        multistage_method="lora", n_guessed=200, n_ordinary=50, n_task_rows=32, n_ppl_rows=32, max_row_chars=240),
+        multistage_method="lora", n_guessed=1000, n_ordinary=50, n_task_rows=200, n_ppl_rows=32, max_row_chars=240),
     "full": Settings(
         model=models.SMOLLM2,
         implant_train={"full": TrainConfig(method="full", epochs=10, lr=2e-5, batch_size=16),

@@ -166,11 +166,22 @@ def ensure_trained(cfg: RunConfig, progress: bool = True) -> Path:
     start = time.perf_counter()
     model = finetune(model, tokenizer, poisoned.dataset, cfg.train, seed=cfg.seed, progress=progress,
                      checkpoint=checkpoint)
-    write_json_atomic(cfg.path / "timing.json", {"train_s": time.perf_counter() - start, "device": str(model.device),
-                                                 "threads": torch.get_num_threads()})
+    write_timing(cfg.path, time.perf_counter() - start, model)
     save_weights(model, cfg.path)
     checkpoint.unlink(missing_ok=True)
     return cfg.path
+
+
+def write_timing(run_folder: Path, train_s: float, model) -> None:
+    """Record how long a run trained, and where (read by the benchmarks)."""
+    write_json_atomic(run_folder / "timing.json", {"train_s": train_s, "device": str(model.device),
+                                                   "threads": torch.get_num_threads()})
+
+
+def read_timing(run_folder: Path) -> dict:
+    """A run's timing.json, or {} for runs trained before it was written."""
+    path = run_folder / "timing.json"
+    return read_json(path) if path.exists() else {}
 
 
 def save_weights(model, run_folder: Path) -> None:
@@ -300,7 +311,8 @@ def table(configs: list[RunConfig], profile: Profile, split: str = "test", progr
         row = evaluate(cfg, split, profile.n_test, profile.eval_batch_size)
         twin = clean_twin(cfg)
         ensure_trained(twin, progress)
-        row["asr_clean_model"] = evaluate(twin, split, profile.n_test, profile.eval_batch_size, trigger=cfg.attack)["asr"]
+        row["asr_clean_model"] = evaluate(twin, split, profile.n_test, profile.eval_batch_size,
+                                          trigger=cfg.attack)["asr"]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -326,7 +338,8 @@ def shard(profile: Profile, index: int, count: int) -> list[tuple[RunConfig, str
 def launch(profile: Profile, index: int = 0, count: int = 1, progress: bool = True) -> None:
     """Train and evaluate this shard's share of the study; the notebooks then only read the run cache."""
     jobs = shard(profile, index, count)
-    print(f"shard {index}/{count}: {len({cfg.trained_as.key for cfg, _, _ in jobs})} trainings, {len(jobs)} evaluations")
+    trainings = len({cfg.trained_as.key for cfg, _, _ in jobs})
+    print(f"shard {index}/{count}: {trainings} trainings, {len(jobs)} evaluations")
     for cfg, split, trigger in jobs:
         ensure_trained(cfg, progress)
         evaluate(cfg, split, profile.n_test, profile.eval_batch_size, trigger=trigger)
