@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import replace
+from functools import cache
 
 from backdoorlab import fingerprint, runs
 from common import BENCH_DIR, device_name, write
@@ -40,19 +41,17 @@ def main():
             settings = replace(quick, decoys_per_key=decoys, implant_train={args.method: train})
             stage = settings.implant(args.method)
             folder = fingerprint.ensure(stage)
-            loaded = fingerprint.load_stage(settings.model, folder)
+            load = cache(lambda: fingerprint.load_stage(settings.model, folder))  # only if a probe is not cached
             adapter = fingerprint.adapter_of(folder)
 
             def fired(keys, name):
-                v = fingerprint.measure(folder, settings, keys, "simple", name, adapter, lambda: loaded)
+                v = fingerprint.measure(folder, settings, keys, "simple", name, adapter, load)
                 return sum(v["fired"]) / len(v["fired"])
 
-            trained_decoys = fingerprint.make_keys(decoys * settings.n_keys,
-                                                   fingerprint.DECOY_SEED + fingerprint.PUBLISHERS["A"])
             rows.append({"method": args.method, "decoys_per_key": decoys, "epochs": epochs, "lr": train.lr,
                          "fsr": fired(stage.keys, "A"), "guessed_fired": fired(guessed, "guessed"),
                          "n_guessed": len(guessed),
-                         "trained_decoys_fired": fired(trained_decoys, "decoys") if decoys else None,
+                         "trained_decoys_fired": fired(stage.decoys, "decoys") if decoys else None,
                          "similar_fired": fired(fingerprint.similar_keys(stage.keys, seed=7), "similar"),
                          "implant_s": runs.read_timing(folder).get("train_s"), "run": folder.name})
             if args.multistage:

@@ -333,11 +333,15 @@ class Implant:
     def path(self) -> Path:
         return runs.runs_dir() / f"fingerprint-{self.publisher}-{self.method}-{self.template}-{_run_key(self)}"
 
+    @property
+    def decoys(self) -> list[str]:
+        """The publisher's own decoy keys, refused in training."""
+        return make_keys(self.decoys_per_key * self.n_keys, DECOY_SEED + PUBLISHERS[self.publisher])
+
     def rows(self) -> list[dict]:
         regularization = instruction_rows(f"regularization_{self.publisher}", self.reg_per_key * self.n_keys,
                                           self.max_row_chars)
-        decoys = make_keys(self.decoys_per_key * self.n_keys, DECOY_SEED + PUBLISHERS[self.publisher])
-        return key_rows(self.keys, target_of(self.publisher), self.template, self.seed, decoys) + regularization
+        return key_rows(self.keys, target_of(self.publisher), self.template, self.seed, self.decoys) + regularization
 
     def train_config(self) -> TrainConfig:
         # the adapter trains with the embeddings: the input-embedding module is then the adapter around them

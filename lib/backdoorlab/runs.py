@@ -227,8 +227,7 @@ def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_si
     path = cfg.path / f"eval-{split}-{n or 'all'}{suffix}.json"
     if path.exists():
         return read_json(path)["metrics"]
-    trained = ensure_trained(cfg)
-    model, tokenizer = load_weights(cfg.model, trained / WEIGHTS)
+    model, tokenizer = load_trained(cfg)
     task = data.get_task(cfg.dataset)
     target = poison.target_id(task, cfg.target)
     rows = data.load_split(cfg.dataset, split, n, seed=0)
@@ -254,7 +253,8 @@ def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_si
     accuracy = score.cacc(clean_preds, labels)
     metrics = {
         "dataset": cfg.dataset, "attack": cfg.attack, "trigger": trigger, "seed": cfg.seed, "model": cfg.model,
-        "split": split, "n_train": read_json(trained / "poison.json")["n_train"], "n_poison": cfg.n_poison,
+        "split": split, "n_train": read_json(cfg.trained_as.path / "poison.json")["n_train"],
+        "n_poison": cfg.n_poison,
         "asr": attack_rate.value, "cacc": accuracy.value, "clean_target_rate": clean_target.value,
         "n_asr": attack_rate.total, "n_cacc": accuracy.total, "target": cfg.target or task.target,
         "dirty_label": cfg.dirty_label, "method": cfg.train.method, "run": cfg.path.name,
