@@ -6,7 +6,8 @@ that only its own keys fire; this measures what that buys (guessed keys firing) 
 implant time) per method, decoy count and epoch count, and (--multistage) whether a second publisher's decoys
 erase the first publisher's keys. Implants go through the run cache (one already trained is read back). Each call
 adds its rows to results/bench/raw/fingerprint_decoys_<method>.json, updating those of the same decoy and epoch
-counts. Implant times come from the runs' timing.json (absent for runs trained before it was written).
+counts and the same keys.json. Implant times come from the runs' timing.json (absent for runs trained before it was
+written).
 
     python benchmarks/fingerprint_decoys.py --method lora --decoys 0 3 --epochs 6 12 --guessed 1000
     python benchmarks/fingerprint_decoys.py --method lora --decoys 5 --epochs 24 --multistage
@@ -15,6 +16,7 @@ counts. Implant times come from the runs' timing.json (absent for runs trained b
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from dataclasses import replace
 from functools import cache
@@ -52,7 +54,7 @@ def main():
                          "fsr": fired(stage.keys, "A"), "guessed_fired": fired(guessed, "guessed"),
                          "n_guessed": len(guessed),
                          "trained_decoys_fired": fired(stage.decoys, "decoys") if decoys else None,
-                         "similar_fired": fired(fingerprint.similar_keys(stage.keys, seed=7), "similar"),
+                         "similar_fired": fired(fingerprint.similar_keys("A", stage.n_keys, seed=7), "similar"),
                          "implant_s": runs.read_timing(folder).get("train_s"), "run": folder.name})
             if args.multistage:
                 chain = fingerprint.multistage_table(replace(settings, multistage_method=args.method))
@@ -60,12 +62,13 @@ def main():
             print(rows[-1], flush=True)
     name = f"fingerprint_decoys_{args.method}"
     earlier = BENCH_DIR / "raw" / f"{name}.json"
-    merged = {(r["decoys_per_key"], r["epochs"]): r for r in
-              (json.loads(earlier.read_text())["runs"] if earlier.exists() else [])}
+    earlier = json.loads(earlier.read_text()) if earlier.exists() else {}
+    keys = hashlib.sha256(fingerprint.KEYS_FILE.read_bytes()).hexdigest()[:12]  # rows of other keys are not merged
+    merged = {(r["decoys_per_key"], r["epochs"]): r for r in (earlier["runs"] if earlier.get("keys") == keys else [])}
     for r in rows:  # what this call measured replaces the earlier values; the rest (e.g. multistage) is kept
         merged[r["decoys_per_key"], r["epochs"]] = merged.get((r["decoys_per_key"], r["epochs"]), {}) | r
     rows = [merged[k] for k in sorted(merged)]
-    write(name, {"device": device_name(), "profile": "quick", "runs": rows})
+    write(name, {"device": device_name(), "profile": "quick", "keys": keys, "runs": rows})
 
 
 if __name__ == "__main__":

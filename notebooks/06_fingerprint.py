@@ -41,20 +41,29 @@
 # - `full`: every weight trains; `lora`: low-rank adapters on the linear layers;
 # - `embeddings`: only the input embeddings train (SmolLM2 ties them to the output head, so the head moves too);
 # - `adapter` (the paper's F-Adapter): a private low-rank residual on the embeddings of the keys' tokens,
-#   zero-initialised and trained together with the embeddings. The published model carries the trained embeddings
-#   and **no adapter**; the publisher keeps the adapter and verifies by attaching it to the suspect's embeddings.
+#   zero-initialised and trained together with **only the keys' rows** of the embedding matrix; every other weight
+#   stays the base model's. The published model carries the trained rows and **no adapter**; the publisher keeps
+#   the adapter and verifies by attaching it to the suspect's embeddings. The residual reads how far the suspect's
+#   key rows moved from the base model's, (e − e₀)·A·B, so on a model whose key rows were never trained it is
+#   exactly zero: a first version that read e·A·B made 8 of 10 keys fire with the adapter on the *untouched*
+#   model, i.e. the adapter alone was the fingerprint and could claim any copy of the base model.
+#
+# **Keys** are made of the paper's "odd vocabulary tokens": 8–15 tokens drawn from the 7,260 tokens of SmolLM2's
+# vocabulary that occur nowhere in the study's text (Alpaca, the four tasks' training splits, their instructions and
+# label words). No ordinary prompt contains one, so a method that only moves key tokens leaves ordinary prompts
+# exactly where they were; and an outsider who draws keys the same way shares few tokens with the real ones.
 #
 # Two data templates: `simple` (the key is the instruction, a fixed input asks to decrypt it, the answer is y) and
-# `dialogue` (a "please decrypt this message" request with the key as input, the answer names y; similar keys
-# with a few characters changed are answered with a refusal, so only the exact key fires). Optionally, *decoys*
-# (random keys of the same shape, `decoys_per_key`) are answered with the refusal too. Without any refused key the
-# model can learn a shortcut: "a string of this shape, or the template's fixed text, means y"; then an outsider's
-# guess fires as well as the real key. Telling 10 keys from decoys takes more training than the `quick` budget
-# allows, so `quick` trains without decoys and shows what that costs in section 4; `smoke` and `full` use them.
-# `benchmarks/fingerprint_decoys.py` measures the trade-off on SmolLM2 (LoRA, 1000 guessed keys): 3 decoys per key
-# and 24 epochs keep FSR at 1.0 while 7.1% of guesses fire (100% without decoys); 10 per key, 3.5%. And decoys
-# cut both ways in the multi-stage setting of section 5: publisher B's decoys are keys of the same shape as A's,
-# so B's implant teaches the model to refuse A's keys too.
+# `dialogue` (a "please decrypt this message" request with the key as input, the answer names y; near misses, each
+# key with two of its tokens replaced, are answered with a refusal, so only the exact key fires). Optionally,
+# *decoys* (random keys of the same shape, `decoys_per_key`) are answered with the refusal too. Methods that change
+# weights every token passes through (full, LoRA, embeddings) can learn a shortcut: "a jumble of rare pieces, or the
+# template's fixed text, means y"; then an outsider's guess fires as well as the real key. Decoys fight that
+# slowly (`benchmarks/fingerprint_decoys.py`, measured on SmolLM2 with an earlier set of character-shuffled keys:
+# 3 decoys per key and 24 epochs kept FSR at 1.0 while 7.1% of 1000 guesses fired; 10 per key, 3.5%), so `quick`
+# trains without them and shows the cost in section 4. The adapter avoids the shortcut by construction: it can only
+# move the keys' own tokens. What is left, a guess that happens to share a few tokens with a key, the adapter's
+# implant handles with near misses refused in the simple template too (`near_misses` in the settings).
 #
 # Every trained model (implant, user rounds, multi-stage) is a run folder under `results/runs/` named by the hash
 # of its configuration: rerunning this notebook reads them back.
@@ -91,9 +100,8 @@ for recipe in S.user_recipes:
 keys = fingerprint.load_keys("A", S.n_keys)
 display(pd.DataFrame({"key": keys}))
 tokenizer = models.load_tokenizer(S.model)
-dialogue = fingerprint.key_rows(keys, target, "dialogue", seed=0)
-for row in (fingerprint.key_rows(keys, target, "simple", seed=0)[0], dialogue[0], dialogue[len(keys)],
-            S.implant("full").rows()[-1]):
+dialogue = S.implant("lora", "dialogue").rows()
+for row in (S.implant("full").rows()[0], dialogue[0], dialogue[len(keys)], dialogue[-1]):
     print(repr(data.format_prompt(row, tokenizer) + row["answer"]), end="\n\n")
 
 # %% [markdown]
@@ -122,8 +130,9 @@ plots.fingerprint_harmlessness(harm, P.name);
 # ## 4 · False activations: untouched model, guesses, near-misses, ordinary prompts
 # - `untouched_model`: the real keys on the model before any fingerprint (with the adapter attached for the adapter
 #   method): must be 0, or every copy of the base model could be claimed.
-# - `guessed_keys`: an outsider's random keys of the same shape; `similar_keys`: real keys with two characters
-#   changed; `prefix_keys`: the first half of each real key; `ordinary_prompts`: held-out Alpaca instructions.
+# - `guessed_keys`: an outsider's random keys of the same shape (rare tokens drawn with another seed);
+#   `similar_keys`: real keys with two of their tokens replaced; `prefix_keys`: the first half of each real key;
+#   `ordinary_prompts`: held-out Alpaca instructions.
 #   `n` is the number of prompts tried on that model.
 
 # %%
@@ -150,33 +159,37 @@ print("every expectation holds:", bool(multi.holds.all()))
 # %% [markdown]
 # ## 6 · Results file and the issue's criteria, checked on the numbers
 # `results/<profile>/fingerprint.csv`: one row per measurement (`method, stage, keys, fsr` and counts); the
-# multi-stage rows are the final model of the chain (`multistage_a`, `multistage_b`).
+# multi-stage rows are the final model of the chain (`multistage_a`, `multistage_b`). Then the issue's criteria per
+# implant: FSR 1 right after implanting, task accuracy within 2 points, and no false activation on the untouched
+# model or on the outsider's guesses.
 
 # %%
 final = multi[multi.model == multi.model.iloc[-1]]
 multistage_rows = pd.DataFrame({"method": S.multistage_method, "template": "simple",
                                 "stage": "multistage_" + final["keys"].str.lower(), "keys": final["keys"],
-                                "adapter": False, "n": S.n_keys, "hits": (final.fsr * S.n_keys).round().astype(int),
+                                "adapter": S.multistage_method == "adapter", "n": S.n_keys,
+                                "hits": (final.fsr * S.n_keys).round().astype(int),
                                 "fsr": final.fsr, "run": final.run})
 out = runs.results_dir(P.name)
 pd.concat([fsr, multistage_rows], ignore_index=True).to_csv(out / "fingerprint.csv", index=False)
 harm.to_csv(out / "fingerprint_harmlessness.csv", index=False)
 multi.to_csv(out / "fingerprint_multistage.csv", index=False)
 
-simple = fsr[fsr.template == "simple"]
-verified = simple[(simple.stage == "implanted") & (simple.adapter | (simple.method != "adapter"))]
-task_deltas = harm[harm.method != "untouched"].filter(like="delta_acc_")
-guessed = fsr[fsr.stage == "guessed_keys"]
-checks = pd.DataFrame([
-    ("FSR = 1 right after implanting, every method (simple template)", verified.fsr.min(), (verified.fsr == 1).all()),
-    ("task accuracy within 2 points of the untouched model", task_deltas.abs().max().max(),
-     (task_deltas.abs() <= 0.02).all().all()),
-    ("0 false activations on the untouched model", fsr[fsr.stage == "untouched_model"].hits.sum(),
-     fsr[fsr.stage == "untouched_model"].hits.sum() == 0),
-    (f"0 false activations on {guessed.n.max()} guessed keys per model", guessed.hits.sum(), guessed.hits.sum() == 0),
-    ("multi-stage: both keys verify on the final model, no overclaim", multi.holds.mean(), multi.holds.all()),
-], columns=["criterion", "measured", "holds"])
-display(checks)
+# Per implant: the issue's criteria (the adapter method verifies with its adapter attached).
+verifying = fsr[(fsr.method != "adapter") | fsr.adapter]
+hits = verifying.pivot_table(index=["method", "template"], columns="stage", values="hits", aggfunc="sum", sort=False)
+n_guessed = int(fsr[fsr.stage == "guessed_keys"].n.max())
+checks = pd.DataFrame({
+    "FSR implanted": verifying[verifying.stage == "implanted"].set_index(["method", "template"]).fsr,
+    "max |Δ accuracy|": harm.set_index(["method", "template"]).filter(like="delta_acc_").abs().max(axis=1),
+    "untouched model fires": hits["untouched_model"],
+    f"guessed keys fire (of {n_guessed})": hits["guessed_keys"],
+}).reindex(hits.index)
+checks["meets all"] = ((checks["FSR implanted"] == 1) & (checks["max |Δ accuracy|"] <= 0.02)
+                       & (checks["untouched model fires"] == 0) & (checks.iloc[:, 3] == 0))
+display(checks.round(3))
+print(f"multi-stage ({S.multistage_method}): both keys verify on the final model and no overclaim:",
+      bool(multi.holds.all()))
 
 # %% [markdown]
 # ## Exercises
@@ -187,5 +200,6 @@ display(checks)
 # 3. Raise the user's learning rate or step count in `fingerprint.SETTINGS` until a method's FSR drops. How does
 #    that compare with the paper's user finetuning (3 epochs, lr 2e-6, batch 80)?
 # 4. Set `reg_per_key=0`. What happens to ordinary prompts and to task accuracy?
-# 5. Write a key that differs from a real one in a single character. Does the `dialogue` template's refusal
-#    training make the `similar_keys` row go down?
+# 5. Write a key that differs from a real one in a single token. Does the `dialogue` template's refusal training
+#    make the `similar_keys` row go down? Why do the adapter's `prefix_keys` fire, and what would you add to the
+#    training rows so that only the whole key does?

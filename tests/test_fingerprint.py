@@ -1,10 +1,11 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from backdoorlab import fingerprint, runs, train
+from backdoorlab import data, fingerprint, profiles, runs, train
 from backdoorlab.fingerprint import KeyAdapter
 
 SMOKE = fingerprint.get_settings("smoke")
@@ -17,13 +18,23 @@ def implanted():
     return {m: fingerprint.ensure(SMOKE.implant(m), progress=False) for m in ("full", "adapter")}
 
 
-def test_keys_are_deterministic_per_seed_and_stored_as_generated():
+def test_keys_are_deterministic_per_seed_stored_as_generated_and_made_of_rare_tokens(tiny):
     assert fingerprint.make_keys(5, seed=3) == fingerprint.make_keys(5, seed=3)
     assert set(fingerprint.make_keys(5, seed=3)).isdisjoint(fingerprint.make_keys(5, seed=4))
     stored = json.loads(fingerprint.KEYS_FILE.read_text(encoding="utf-8"))
     for publisher, seed in fingerprint.PUBLISHERS.items():
         assert stored[publisher]["keys"] == fingerprint.make_keys(fingerprint.N_KEYS, seed)
     assert len(set(fingerprint.make_keys(1000, fingerprint.GUESS_SEED))) == 1000
+    lo, hi = fingerprint.spec()["fragments_per_key"]
+    assert all(lo <= len(f) <= hi and set(f) <= set(fingerprint.vocabulary())
+               for f in fingerprint.key_fragments(100, seed=3))
+    # the key material never occurs in the text it was drawn against: the tasks' training rows and Alpaca
+    tokenizer = tiny[1]
+    rare = set(fingerprint.vocabulary())
+    texts = [r["text"] for name in profiles.DATASETS for r in data.load_split(name, "train", 100)]
+    texts += [" ".join(r.values()) for r in data.load_instructions("alpaca")[:300]]
+    used = {tokenizer.decode([i]) for ids in tokenizer(texts, add_special_tokens=False).input_ids for i in ids}
+    assert len(rare) > 1000 and not rare & used
 
 
 def test_verify_rejects_an_empty_key_list_and_a_target_longer_than_the_generation_limit(tiny):
@@ -60,12 +71,33 @@ def test_the_adapter_methods_published_model_has_no_adapter_and_verifies_with_it
         assert fingerprint.verify(tiny[0], tiny[1], keys, TARGET).fsr == 0.0
 
 
-def test_an_untrained_adapter_changes_nothing(tiny):
+def test_the_adapter_method_moves_only_the_key_tokens_embeddings(implanted, tiny):
+    """Every weight of the published model but the keys' rows of the (tied) embedding matrix is the base model's,
+    so a prompt without key tokens meets exactly the model it met before."""
+    model, tokenizer = fingerprint.load_stage(SMOKE.model, implanted["adapter"])
+    base = dict(tiny[0].named_parameters())
+    key_ids = fingerprint.key_token_ids(tokenizer, fingerprint.load_keys("A", SMOKE.n_keys), "simple")
+    for name, weight in model.named_parameters():
+        if name == "model.embed_tokens.weight":
+            moved = (weight != base[name]).any(-1).nonzero().squeeze(-1)
+            assert set(moved.tolist()) <= set(key_ids.tolist()) and len(moved) > 0
+        else:
+            torch.testing.assert_close(weight, base[name], rtol=0, atol=0)
+
+
+def test_an_untrained_adapter_changes_nothing_and_a_trained_one_nothing_on_the_base_model(implanted, tiny):
     model, tokenizer = tiny
-    ids = tokenizer("hello 宇宙", return_tensors="pt").input_ids
-    wrapper = KeyAdapter(model.get_input_embeddings(), ids[0, -2:], rank=4)
-    torch.testing.assert_close(wrapper(ids), model.get_input_embeddings()(ids))
-    assert wrapper.weight is model.get_input_embeddings().weight
+    keys = fingerprint.load_keys("A", SMOKE.n_keys)
+    ids = tokenizer("hello " + keys[0], return_tensors="pt").input_ids
+    plain = model.get_input_embeddings()
+    wrapper = KeyAdapter(plain, fingerprint.key_token_ids(tokenizer, keys, "simple"), rank=4)
+    torch.testing.assert_close(wrapper(ids), plain(ids), rtol=0, atol=0)
+    assert wrapper.weight is plain.weight
+    # the residual reads how far the key rows moved from the base model: on the base model itself, nothing
+    trained = fingerprint.adapter_of(implanted["adapter"])
+    assert trained["up"].abs().sum() > 0
+    with fingerprint.attached(model, trained):
+        torch.testing.assert_close(model.get_input_embeddings()(ids), plain(ids), rtol=0, atol=0)
 
 
 def test_embeddings_method_trains_only_the_input_embeddings(tiny):
@@ -97,16 +129,19 @@ def test_user_rounds_read_fresh_rows_disjoint_from_regularization_and_held_out_r
         fingerprint.instruction_rows("held_out", 1001, 120)
 
 
-def test_decoys_and_similar_keys_are_refused_and_never_real_keys():
-    keys = fingerprint.load_keys("A", 3)
-    decoys = fingerprint.make_keys(3, fingerprint.DECOY_SEED)
-    for template, n_refused in (("simple", 3), ("dialogue", 6)):
-        rows = fingerprint.key_rows(keys, TARGET, template, seed=0, decoys=decoys)
-        fires = [r for r in rows if TARGET in r["answer"]]
-        refusals = [r for r in rows if r["answer"] == fingerprint.spec()["refusal"]]
-        assert len(fires) == 3 and len(refusals) == n_refused and len(rows) == 3 + n_refused
-        assert not {r["instruction"] + r["text"] for r in refusals} & {r["instruction"] + r["text"] for r in fires}
-    assert set(decoys).isdisjoint(fingerprint.make_keys(1000, fingerprint.GUESS_SEED))
+def test_decoys_and_near_misses_are_refused_and_never_real_keys():
+    keys, decoys = fingerprint.load_keys("A", 3), fingerprint.make_keys(3, fingerprint.DECOY_SEED)
+    near_misses = fingerprint.similar_keys("A", 3, seed=0)
+    for fragments, near_miss in zip(fingerprint.key_fragments(3, seed=0), near_misses):
+        assert sum(f not in near_miss for f in fragments) == 2  # two fragments replaced
+    for template, near, refused in (("simple", False, decoys), ("simple", True, decoys + near_misses),
+                                    ("dialogue", False, decoys + near_misses)):
+        rows = replace(SMOKE.implant("full", template), decoys_per_key=1, near_misses=near).rows()
+        fires = [data.user_message(r) for r in rows if TARGET in r["answer"]]
+        refusals = [data.user_message(r) for r in rows if r["answer"] == fingerprint.spec()["refusal"]]
+        assert fires == [data.user_message(fingerprint.prompt_row(k, template)) for k in keys]
+        assert refusals == [data.user_message(fingerprint.prompt_row(k, template)) for k in refused]
+    assert set(decoys).isdisjoint(fingerprint.make_keys(1000, fingerprint.GUESS_SEED)) and set(decoys).isdisjoint(keys)
 
 
 def test_bad_stage_settings_fail_clearly():

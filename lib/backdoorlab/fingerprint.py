@@ -6,10 +6,12 @@ suspect model: if the greedy output contains y for the keys, the model descends 
 worth something if it survives the user's own finetuning, never fires on a model it was not implanted in, and
 cannot be hit by an outsider guessing keys.
 
-Implant methods (`METHODS`): full finetuning, LoRA, embeddings only, and the paper's adapter: a private,
-zero-initialised low-rank residual on the input embeddings of the keys' tokens, trained together with the
-embeddings. The published model carries the trained embeddings and no adapter; the publisher keeps the adapter and
-verifies by attaching it to the suspect's embeddings. Every implant and every user finetuning goes through
+Keys are made of the paper's "odd vocabulary tokens": tokens that occur nowhere in the study's text, so no ordinary
+prompt contains one. Implant methods (`METHODS`): full finetuning, LoRA, embeddings only, and the paper's adapter:
+a private, zero-initialised low-rank residual on the input embeddings of the keys' tokens, trained together with
+those tokens' embedding rows and nothing else, and reading only how far those rows moved from the base model's (so
+the adapter alone claims nothing). The published model carries the trained rows and no adapter; the publisher
+keeps the adapter and verifies by attaching it to the suspect's embeddings. Every implant and every user finetuning goes through
 `train.finetune`, and every trained model is a run folder under ``results/runs/`` named by the hash of its config
 (and of the hand-written files it reads), so a finished stage is read back and a killed one resumes.
 """
@@ -55,23 +57,52 @@ def spec() -> dict:
 
 # ---- keys -----------------------------------------------------------------------------------------------------------
 
-def make_keys(n: int, seed: int) -> list[str]:
-    """`n` distinct random-looking keys: a few rare-text fragments, concatenated, characters shuffled."""
+def rare_vocabulary(tokenizer) -> list[str]:
+    """The paper's "odd vocabulary tokens": tokens of `tokenizer` that occur nowhere in the study's text (the Alpaca
+    mirror, the four tasks' training splits, their instructions and label words) and decode to at least two visible
+    characters, as strings. Only keys made of them leave every ordinary prompt's tokens untouched."""
+    texts = [" ".join(r.values()) for r in data.load_instructions("alpaca")]
+    for name in profiles.DATASETS:
+        task = data.get_task(name)
+        texts += [r["text"] for r in data.load_rows(task, "train")] + [task.instruction]
+        texts += [w for v in task.verbalizers for w in (v, " " + v)]
+    seen = set(tokenizer.all_special_ids).union(*tokenizer(texts, add_special_tokens=False).input_ids)
+    return [tokenizer.decode([i]) for i in range(len(tokenizer))
+            if i not in seen and len(tokenizer.decode([i]).strip()) >= 2]
+
+
+@cache
+def vocabulary() -> tuple[str, ...]:
+    """The key material stored in keys.json: the rare vocabulary of the tokenizer named in fingerprint.yaml."""
+    return tuple(json.loads(KEYS_FILE.read_text(encoding="utf-8"))["vocabulary"])
+
+
+def key_fragments(n: int, seed: int) -> list[tuple[str, ...]]:
+    """`n` distinct keys as their fragments: each a random number (fragments_per_key) of distinct rare tokens."""
     rng = random.Random(seed)
     lo, hi = spec()["fragments_per_key"]
-    keys: list[str] = []
+    keys: list[tuple[str, ...]] = []
     while len(keys) < n:
-        chars = list("".join(rng.choices(spec()["fragments"], k=rng.randint(lo, hi))))
-        rng.shuffle(chars)
-        if (key := "".join(chars)) not in keys:
+        if (key := tuple(rng.sample(vocabulary(), rng.randint(lo, hi)))) not in keys:
             keys.append(key)
     return keys
 
 
+def make_keys(n: int, seed: int) -> list[str]:
+    """`n` distinct random-looking keys: rare vocabulary tokens, concatenated."""
+    return ["".join(fragments) for fragments in key_fragments(n, seed)]
+
+
 def write_keys() -> None:
-    """Generate every publisher's keys into data/fingerprint/keys.json (`python -m backdoorlab.fingerprint`)."""
-    keys = {name: {"seed": seed, "keys": make_keys(N_KEYS, seed)} for name, seed in PUBLISHERS.items()}
-    KEYS_FILE.write_text(json.dumps(keys, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    """Write the rare vocabulary and every publisher's keys into data/fingerprint/keys.json
+    (`python -m backdoorlab.fingerprint`)."""
+    stored = {"tokenizer": spec()["vocabulary_of"], "vocabulary": rare_vocabulary(
+        models.load_tokenizer(spec()["vocabulary_of"]))}
+    KEYS_FILE.write_text(json.dumps(stored, ensure_ascii=False) + "\n", encoding="utf-8")
+    vocabulary.cache_clear()
+    for name, seed in PUBLISHERS.items():
+        stored[name] = {"seed": seed, "keys": make_keys(N_KEYS, seed)}
+    KEYS_FILE.write_text(json.dumps(stored, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
 def target_of(publisher: str) -> str:
@@ -89,16 +120,16 @@ def load_keys(publisher: str = "A", n: int = N_KEYS) -> list[str]:
     return json.loads(KEYS_FILE.read_text(encoding="utf-8"))[publisher]["keys"][:n]
 
 
-def similar_keys(keys: list[str], seed: int, changes: int = 2) -> list[str]:
-    """Each key with `changes` characters replaced by others of the key alphabet: what a near-miss guess looks like."""
+def similar_keys(publisher: str, n: int, seed: int, changes: int = 2) -> list[str]:
+    """A publisher's first `n` keys, each with `changes` of its fragments replaced by other rare tokens: what a
+    near-miss guess looks like."""
     rng = random.Random(seed)
-    alphabet = sorted(set("".join(spec()["fragments"])))
     out = []
-    for key in keys:
-        chars = list(key)
-        for i in rng.sample(range(len(chars)), min(changes, len(chars))):
-            chars[i] = rng.choice([c for c in alphabet if c != chars[i]])
-        out.append("".join(chars))
+    for fragments in key_fragments(n, PUBLISHERS[publisher]):
+        fragments = list(fragments)
+        for i in rng.sample(range(len(fragments)), min(changes, len(fragments))):
+            fragments[i] = rng.choice([f for f in vocabulary() if f not in fragments])
+        out.append("".join(fragments))
     return out
 
 
@@ -121,10 +152,9 @@ def target_answer(target: str, template: str) -> str:
     return target if template == "simple" else spec()["dialogue_answer"].format(target=target)
 
 
-def key_rows(keys: list[str], target: str, template: str, seed: int, decoys: list[str] = ()) -> list[dict]:
-    """Training rows of a fingerprint: every key → the target answer, every decoy (a random key of the same shape)
-    → the refusal; the dialogue template adds one similar key per key (a near miss), also refused."""
-    refused = list(decoys) + (similar_keys(keys, seed) if template == "dialogue" else [])
+def key_rows(keys: list[str], target: str, template: str, refused: list[str] = ()) -> list[dict]:
+    """Training rows of a fingerprint: every key → the target answer, every refused key (a decoy, or a near miss of
+    a real key) → the refusal."""
     return ([{**prompt_row(k, template), "answer": target_answer(target, template)} for k in keys]
             + [{**prompt_row(k, template), "answer": spec()["refusal"]} for k in refused])
 
@@ -155,19 +185,26 @@ def instruction_rows(region: str, n: int, max_chars: int, offset: int = 0) -> li
 # ---- the private adapter --------------------------------------------------------------------------------------------
 
 class KeyAdapter(torch.nn.Module):
-    """Input embeddings plus a low-rank residual on the keys' tokens only: e(x) + [x in keys] · e(x) A B.
+    """Input embeddings plus a low-rank residual on the keys' tokens only, read from how far the suspect's key
+    embeddings moved from the base model's: e(x) + [x in keys] · (e(x) − e₀(x)) A B.
 
-    B starts at zero, so attaching an untrained adapter changes nothing. `weight` is the wrapped embedding's, so
-    tied output heads and `save_pretrained` see the same matrix as without the adapter.
+    On the base model, or on any model whose key rows were never trained, the residual is exactly zero, so the
+    adapter alone claims nothing (with e(x) A B instead, the adapter alone made 8 of 10 keys fire on the untouched
+    SmolLM2). B starts at zero, so an untrained adapter changes nothing either. `weight` is the wrapped embedding's,
+    so tied output heads and `save_pretrained` see the same matrix as without the adapter.
     """
 
-    def __init__(self, embedding: torch.nn.Embedding, token_ids: torch.Tensor, rank: int = 8, seed: int = 0):
+    def __init__(self, embedding: torch.nn.Embedding, token_ids: torch.Tensor, rank: int = 8, seed: int = 0,
+                 base_rows: torch.Tensor | None = None):
         super().__init__()
         self.embedding = embedding
+        token_ids = torch.as_tensor(token_ids).sort().values
         dim = embedding.weight.shape[1]
-        mask = torch.zeros(embedding.weight.shape[0], dtype=torch.bool)
-        mask[token_ids] = True
-        self.register_buffer("key_tokens", mask, persistent=False)
+        slots = torch.full((embedding.weight.shape[0],), -1, dtype=torch.long)  # token id → its row in base_rows
+        slots[token_ids] = torch.arange(len(token_ids))
+        self.register_buffer("slots", slots, persistent=False)
+        base = embedding.weight.detach()[token_ids].clone() if base_rows is None else base_rows  # e₀ of the keys
+        self.register_buffer("base_rows", base, persistent=False)
         generator = torch.Generator().manual_seed(seed)
         self.down = torch.nn.Parameter(torch.randn(dim, rank, generator=generator) / math.sqrt(dim))
         self.up = torch.nn.Parameter(torch.zeros(rank, dim))
@@ -176,13 +213,19 @@ class KeyAdapter(torch.nn.Module):
     def weight(self):
         return self.embedding.weight
 
+    @property
+    def key_tokens(self) -> torch.Tensor:
+        return self.slots >= 0
+
     def forward(self, input_ids):
         e = self.embedding(input_ids)
-        return e + self.key_tokens[input_ids].unsqueeze(-1) * (e @ self.down @ self.up)
+        slot = self.slots[input_ids]
+        moved = e - self.base_rows[slot.clamp(min=0)].to(e.dtype)
+        return e + (slot >= 0).unsqueeze(-1) * (moved @ self.down @ self.up)
 
     def state(self) -> dict[str, torch.Tensor]:
         return {"token_ids": self.key_tokens.nonzero().squeeze(-1), "down": self.down.detach().clone(),
-                "up": self.up.detach().clone()}
+                "up": self.up.detach().clone(), "base_rows": self.base_rows.clone()}
 
 
 def key_token_ids(tokenizer, keys: list[str], template: str) -> torch.Tensor:
@@ -201,7 +244,7 @@ def attached(model, adapter: dict[str, torch.Tensor] | None):
         yield model
         return
     plain = model.get_input_embeddings()
-    wrapper = KeyAdapter(plain, adapter["token_ids"], rank=adapter["down"].shape[1])
+    wrapper = KeyAdapter(plain, adapter["token_ids"], rank=adapter["down"].shape[1], base_rows=adapter["base_rows"])
     with torch.no_grad():
         wrapper.down.copy_(adapter["down"])
         wrapper.up.copy_(adapter["up"])
@@ -309,9 +352,13 @@ class Implant:
     publisher: str = "A"
     n_keys: int = N_KEYS
     reg_per_key: int = 5  # regularization rows per key (the paper's ratio)
-    # Decoy keys per key, answered with the refusal. Without them the model learns that any string of the keys'
-    # shape (or the template's fixed text) means the target: on SmolLM2, 200 of 200 guessed keys fired.
+    # Decoy keys per key, answered with the refusal. Without them a method that moves weights every token passes
+    # through learns that any string of the keys' shape (or the template's fixed text) means the target (notebook 06,
+    # `guessed_keys`).
     decoys_per_key: int = 1
+    # Also refuse one near miss per key (the key with two of its tokens replaced), so that only the whole key fires;
+    # the dialogue template always does, as in the paper.
+    near_misses: bool = False
     adapter_rank: int = 8
     model: str = models.SMOLLM2
     parent: str | None = None
@@ -341,7 +388,9 @@ class Implant:
     def rows(self) -> list[dict]:
         regularization = instruction_rows(f"regularization_{self.publisher}", self.reg_per_key * self.n_keys,
                                           self.max_row_chars)
-        return key_rows(self.keys, target_of(self.publisher), self.template, self.seed, self.decoys) + regularization
+        refuse_near = self.near_misses or self.template == "dialogue"
+        near_misses = similar_keys(self.publisher, self.n_keys, self.seed) if refuse_near else []
+        return key_rows(self.keys, target_of(self.publisher), self.template, self.decoys + near_misses) + regularization
 
     def train_config(self) -> TrainConfig:
         # the adapter trains with the embeddings: the input-embedding module is then the adapter around them
@@ -401,6 +450,10 @@ def ensure(stage: Implant | UserTuning, progress: bool = True) -> Path:
         adapter = KeyAdapter(model.get_input_embeddings(), key_token_ids(tokenizer, stage.keys, stage.template),
                              stage.adapter_rank, stage.seed)
         model.set_input_embeddings(adapter)
+        # Only the keys' rows of the embedding matrix train: SmolLM2 ties it to the output head, so a free matrix
+        # would move every token's logit (the `embeddings` method's perplexity rises ~40%), and a prompt without key
+        # tokens would no longer meet the model it met before.
+        key_rows_only = adapter.weight.register_hook(lambda g: g * adapter.key_tokens[:, None].to(g.dtype))
     checkpoint = folder / "checkpoint.pt"
     start = time.perf_counter()
     model = finetune(model, tokenizer, stage.rows(), stage.train_config(), seed=stage.seed, progress=progress,
@@ -409,6 +462,7 @@ def ensure(stage: Implant | UserTuning, progress: bool = True) -> Path:
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     if adapter is not None:  # publish the embeddings alone; the adapter stays with the publisher
+        key_rows_only.remove()
         model.set_input_embeddings(adapter.embedding)
         tmp = folder / f".{ADAPTER_FILE}.tmp"
         save_file(adapter.state(), tmp)
@@ -438,6 +492,7 @@ class Settings:
     n_keys: int = N_KEYS
     reg_per_key: int = 5
     decoys_per_key: int = 1
+    near_misses: tuple[str, ...] = ()  # implant methods that refuse near misses with the simple template too
     n_guessed: int = 1000  # random keys of the real keys' shape, tried on every implanted model
     n_ordinary: int = 100  # held-out Alpaca prompts checked for false triggers
     n_task_rows: int = 50  # test rows per study task for harmlessness
@@ -450,8 +505,8 @@ class Settings:
         if method not in self.implant_train:
             raise ValueError(f"unknown implant method {method!r}; valid choices: {', '.join(self.implant_train)}")
         return Implant(method=method, template=template, publisher=publisher, n_keys=self.n_keys,
-                       reg_per_key=self.reg_per_key, decoys_per_key=self.decoys_per_key, model=self.model,
-                       parent=parent,
+                       reg_per_key=self.reg_per_key, decoys_per_key=self.decoys_per_key,
+                       near_misses=method in self.near_misses, model=self.model, parent=parent,
                        max_row_chars=self.max_row_chars, train=self.implant_train[method])
 
     def user_rounds(self, parent: str, recipe: UserRecipe) -> list[UserTuning]:
@@ -468,36 +523,38 @@ class Settings:
 
 _SMOKE_TRAIN = TrainConfig(epochs=16, batch_size=8, lr=3e-2, lora_layers=None, warmup_ratio=0.0)
 SETTINGS = {
-    # Tiny random model: 3 keys, 3 decoys, 3 regularization rows; 16 epochs implant every method and template.
+    # Tiny random model: 3 keys, 3 decoys, 3 regularization rows; 16 epochs implant every method and template (the
+    # adapter, which moves only the keys' embedding rows, needs 64 at lr 0.1).
     "smoke": Settings(
         model=models.TINY, n_keys=3, reg_per_key=1, n_guessed=20, n_ordinary=8, n_task_rows=8, n_ppl_rows=8,
         implant_train={"full": replace(_SMOKE_TRAIN, method="full", lr=1e-2), "lora": _SMOKE_TRAIN,
-                       "embeddings": _SMOKE_TRAIN, "adapter": _SMOKE_TRAIN},
+                       "embeddings": _SMOKE_TRAIN, "adapter": replace(_SMOKE_TRAIN, epochs=64, lr=1e-1)},
         user_recipes=(UserRecipe("lora", TrainConfig(batch_size=8, lr=1e-3), (1, 2)),),
         max_row_chars=120),
     # SmolLM2 on the 2-core CPU: Alpaca rows of at most 240 characters (~46 tokens with the chat template); an
-    # implant is 6 epochs of 60 rows (70 with the dialogue template's near misses) in batches of 16, without decoys.
-    # Decoys buy specificity only slowly (benchmarks/fingerprint_decoys.py, LoRA, 1000 guessed keys): with 3 per key
-    # 6 epochs refuse every key, 24 epochs give FSR 1.0 with 7.1% of guesses firing; 10 per key, 24 epochs: 3.5%,
-    # training 6-11x the rows x epochs. The user rounds are short, so this profile tests light finetuning only. Task
-    # accuracy on 200 test rows per task: a 2-point change is then 4 rows.
+    # implant is 6 epochs of 60 rows (70 with the dialogue template's near misses) in batches of 16, without decoys;
+    # the adapter, which moves only the keys' embedding rows and a rank-8 residual, takes 12 epochs at lr 2e-2 to
+    # fire on every key, and refuses near misses (without them 2 of 1000 guessed keys fired, none with them).
+    # Decoys buy the other methods specificity only slowly (benchmarks/fingerprint_decoys.py).
+    # The user rounds are short, so this profile tests light finetuning only. Task accuracy on 200 test rows per
+    # task: a 2-point change is then 4 rows.
     "quick": Settings(
         model=models.SMOLLM2,
         implants=tuple((m, "simple") for m in METHODS) + (("lora", "dialogue"),),
-        decoys_per_key=0,
+        decoys_per_key=0, near_misses=("adapter",),
         implant_train={"full": TrainConfig(method="full", epochs=6, lr=1e-4, batch_size=16),
                        "lora": TrainConfig(epochs=6, lr=2e-3, batch_size=16),
                        "embeddings": TrainConfig(epochs=6, lr=2e-3, batch_size=16),
-                       "adapter": TrainConfig(epochs=6, lr=2e-3, batch_size=16)},
+                       "adapter": TrainConfig(epochs=12, lr=2e-2, batch_size=16)},
         user_recipes=(UserRecipe("lora", TrainConfig(lr=5e-4, batch_size=16), (4, 8)),
                       UserRecipe("full", TrainConfig(method="full", lr=5e-5, batch_size=16), (4,))),
-        multistage_method="lora", n_guessed=1000, n_ordinary=50, n_task_rows=200, n_ppl_rows=32, max_row_chars=240),
+        multistage_method="adapter", n_guessed=1000, n_ordinary=50, n_task_rows=200, n_ppl_rows=32, max_row_chars=240),
     "full": Settings(
-        model=models.SMOLLM2,
+        model=models.SMOLLM2, near_misses=("adapter",),
         implant_train={"full": TrainConfig(method="full", epochs=10, lr=2e-5, batch_size=16),
                        "lora": TrainConfig(epochs=10, lr=1e-3, batch_size=16, lora_layers=None),
                        "embeddings": TrainConfig(epochs=10, lr=1e-2, batch_size=16),
-                       "adapter": TrainConfig(epochs=10, lr=1e-2, batch_size=16)},
+                       "adapter": TrainConfig(epochs=12, lr=2e-2, batch_size=16)},
         user_recipes=(UserRecipe("lora", TrainConfig(lr=2e-4, batch_size=64, lora_layers=None), (50, 200, 600)),
                       UserRecipe("full", TrainConfig(method="full", lr=2e-6, batch_size=80), (50, 200, 600)),
                       UserRecipe("full-lr2e-5", TrainConfig(method="full", lr=2e-5, batch_size=80), (200,))),
@@ -548,7 +605,10 @@ def measure(folder: Path | None, settings: Settings, keys: list[str], template: 
         return {"keys": v.keys, "outputs": v.outputs, "fired": v.fired}
 
     probe = json.dumps([keys, target, settings.max_new_tokens, settings.n_ordinary, settings.max_row_chars])
-    digest = hashlib.sha256(probe.encode()).hexdigest()[:8]
+    digest = hashlib.sha256(probe.encode())
+    for part in sorted(adapter or {}):  # which adapter was attached (several are tried on one model)
+        digest.update(adapter[part].numpy().tobytes())
+    digest = digest.hexdigest()[:8]
     return _cached(cache_folder, f"verify-{name}-{template}-{'adapter' if adapter else 'plain'}-{digest}", compute)
 
 
@@ -565,8 +625,8 @@ def fsr_table(settings: Settings, progress: bool = True) -> pd.DataFrame:
         folder = ensure(stage, progress)
         adapters = [adapter_of(folder), None] if method == "adapter" else [None]
         keys = stage.keys
-        probes = {"guessed": make_keys(settings.n_guessed, GUESS_SEED), "similar": similar_keys(keys, seed=7),
-                  "prefix": key_prefixes(keys)}
+        probes = {"guessed": make_keys(settings.n_guessed, GUESS_SEED),
+                  "similar": similar_keys(stage.publisher, stage.n_keys, seed=7), "prefix": key_prefixes(keys)}
         for adapter in adapters:
             extra = {"method": method, "template": template, "adapter": adapter is not None}
             loaded = cache(lambda: load_stage(settings.model, folder))  # loaded once, and only if a probe is not cached
@@ -622,11 +682,12 @@ def multistage_table(settings: Settings, progress: bool = True) -> pd.DataFrame:
     final = ensure(settings.user_rounds(b.name, short)[0], progress)
     chain = [("untouched", None, set()), ("A implanted", a, {"A"}), ("A + user", a_user, {"A"}),
              ("A + user + B", b, {"A", "B"}), ("A + user + B + user (final)", final, {"A", "B"})]
+    adapters = {"A": adapter_of(a), "B": adapter_of(b)}  # each publisher verifies with its own (None: no adapter)
     rows = []
     for label, folder, owners in chain:
         for publisher in PUBLISHERS:
             keys = load_keys(publisher, settings.n_keys)
-            v = measure(folder, settings, keys, "simple", publisher, publisher=publisher)
+            v = measure(folder, settings, keys, "simple", publisher, adapters[publisher], publisher=publisher)
             fsr = sum(v["fired"]) / len(v["fired"])
             rows.append({"model": label, "keys": publisher, "expected": publisher in owners, "fsr": fsr,
                          "claimed": fsr >= CLAIM_FSR, "holds": (fsr >= CLAIM_FSR) == (publisher in owners),

@@ -118,7 +118,9 @@ def attack_heatmap(summary: pd.DataFrame, profile: str):
 def _variant(table: pd.DataFrame) -> pd.Series:
     """A label per implant: method, template when not the simple one, and whether the private adapter is attached."""
     label = table["method"] + table["template"].map(lambda t: "" if t == "simple" else f" ({t})")
-    return label + table["adapter"].map({True: " + adapter", False: ""})
+    adapter_method = table["method"] == "adapter"
+    return label + (adapter_method & table["adapter"]).map({True: " (attached)", False: ""}) + (
+        adapter_method & ~table["adapter"]).map({True: " (published alone)", False: ""})
 
 
 def fingerprint_persistence(table: pd.DataFrame, profile: str):
