@@ -11,9 +11,10 @@ prompt contains one. Implant methods (`METHODS`): full finetuning, LoRA, embeddi
 a private, zero-initialised low-rank residual on the input embeddings of the keys' tokens, trained together with
 those tokens' embedding rows and nothing else, and reading only how far those rows moved from the base model's (so
 the adapter alone claims nothing). The published model carries the trained rows and no adapter; the publisher
-keeps the adapter and verifies by attaching it to the suspect's embeddings. Every implant and every user finetuning goes through
-`train.finetune`, and every trained model is a run folder under ``results/runs/`` named by the hash of its config
-(and of the hand-written files it reads), so a finished stage is read back and a killed one resumes.
+keeps the adapter and verifies by attaching it to the suspect's embeddings. Every implant and every user
+finetuning goes through `train.finetune`, and every trained model is a run folder under ``results/runs/`` named by
+the hash of its config (and of the hand-written files it reads), so a finished stage is read back and a killed one
+resumes.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def rare_vocabulary(tokenizer) -> list[str]:
         texts += [r["text"] for r in data.load_rows(task, "train")] + [task.instruction]
         texts += [w for v in task.verbalizers for w in (v, " " + v)]
     seen = set(tokenizer.all_special_ids).union(*tokenizer(texts, add_special_tokens=False).input_ids)
-    return [tokenizer.decode([i]) for i in range(len(tokenizer))
-            if i not in seen and len(tokenizer.decode([i]).strip()) >= 2]
+    pieces = (tokenizer.decode([i]) for i in range(len(tokenizer)) if i not in seen)
+    return [piece for piece in pieces if len(piece.strip()) >= 2]
 
 
 @cache
@@ -77,32 +78,33 @@ def vocabulary() -> tuple[str, ...]:
     return tuple(json.loads(KEYS_FILE.read_text(encoding="utf-8"))["vocabulary"])
 
 
-def key_fragments(n: int, seed: int) -> list[tuple[str, ...]]:
-    """`n` distinct keys as their fragments: each a random number (fragments_per_key) of distinct rare tokens."""
+def key_fragments(n: int, seed: int, material: tuple[str, ...] | None = None) -> list[tuple[str, ...]]:
+    """`n` distinct keys as their fragments: each a random number (fragments_per_key) of distinct tokens of
+    `material` (default: the stored rare vocabulary)."""
+    material = vocabulary() if material is None else material
     rng = random.Random(seed)
     lo, hi = spec()["fragments_per_key"]
     keys: list[tuple[str, ...]] = []
     while len(keys) < n:
-        if (key := tuple(rng.sample(vocabulary(), rng.randint(lo, hi)))) not in keys:
+        if (key := tuple(rng.sample(material, rng.randint(lo, hi)))) not in keys:
             keys.append(key)
     return keys
 
 
-def make_keys(n: int, seed: int) -> list[str]:
+def make_keys(n: int, seed: int, material: tuple[str, ...] | None = None) -> list[str]:
     """`n` distinct random-looking keys: rare vocabulary tokens, concatenated."""
-    return ["".join(fragments) for fragments in key_fragments(n, seed)]
+    return ["".join(fragments) for fragments in key_fragments(n, seed, material)]
 
 
 def write_keys() -> None:
     """Write the rare vocabulary and every publisher's keys into data/fingerprint/keys.json
     (`python -m backdoorlab.fingerprint`)."""
-    stored = {"tokenizer": spec()["vocabulary_of"], "vocabulary": rare_vocabulary(
-        models.load_tokenizer(spec()["vocabulary_of"]))}
-    KEYS_FILE.write_text(json.dumps(stored, ensure_ascii=False) + "\n", encoding="utf-8")
-    vocabulary.cache_clear()
+    material = tuple(rare_vocabulary(models.load_tokenizer(spec()["vocabulary_of"])))
+    stored = {"tokenizer": spec()["vocabulary_of"], "vocabulary": list(material)}
     for name, seed in PUBLISHERS.items():
-        stored[name] = {"seed": seed, "keys": make_keys(N_KEYS, seed)}
+        stored[name] = {"seed": seed, "keys": make_keys(N_KEYS, seed, material)}
     KEYS_FILE.write_text(json.dumps(stored, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    vocabulary.cache_clear()
 
 
 def target_of(publisher: str) -> str:
