@@ -149,3 +149,5 @@ def test_bad_stage_settings_fail_clearly():
         SMOKE.implant("prune")
     with pytest.raises(ValueError, match="publisher"):
         SMOKE.implant("full", publisher="C")
+    with pytest.raises(ValueError, match="near_misses.*valid choices"):
+        replace(SMOKE, near_misses=("adaptor",))

@@ -503,6 +503,11 @@ class Settings:
     max_new_tokens: int = 12
     batch_size: int = 32
 
+    def __post_init__(self):
+        if unknown := sorted(set(self.near_misses) - set(self.implant_train)):
+            raise ValueError(f"near_misses names unknown implant methods {unknown}; valid choices: "
+                             f"{', '.join(self.implant_train)}")
+
     def implant(self, method: str, template: str = "simple", publisher: str = "A", parent: str | None = None):
         if method not in self.implant_train:
             raise ValueError(f"unknown implant method {method!r}; valid choices: {', '.join(self.implant_train)}")
