@@ -45,8 +45,8 @@
 #   stays the base model's. The published model carries the trained rows and **no adapter**; the publisher keeps
 #   the adapter and verifies by attaching it to the suspect's embeddings. The residual reads how far the suspect's
 #   key rows moved from the base model's, (e − e₀)·A·B, so on a model whose key rows were never trained it is
-#   exactly zero: a first version that read e·A·B made 8 of 10 keys fire with the adapter on the *untouched*
-#   model, i.e. the adapter alone was the fingerprint and could claim any copy of the base model.
+#   exactly zero: a first version (never committed) that read e·A·B made 8 of 10 keys fire with the adapter on
+#   the *untouched* model, i.e. the adapter alone was the fingerprint and could claim any copy of the base model.
 #
 # **Keys** are made of the paper's "odd vocabulary tokens": 8–15 tokens drawn from the 7,260 tokens of SmolLM2's
 # vocabulary that occur nowhere in the study's text (Alpaca, the four tasks' training splits, their instructions and

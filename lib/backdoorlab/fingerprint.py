@@ -191,9 +191,9 @@ class KeyAdapter(torch.nn.Module):
     embeddings moved from the base model's: e(x) + [x in keys] · (e(x) − e₀(x)) A B.
 
     On the base model, or on any model whose key rows were never trained, the residual is exactly zero, so the
-    adapter alone claims nothing (with e(x) A B instead, the adapter alone made 8 of 10 keys fire on the untouched
-    SmolLM2). B starts at zero, so an untrained adapter changes nothing either. `weight` is the wrapped embedding's,
-    so tied output heads and `save_pretrained` see the same matrix as without the adapter.
+    adapter alone claims nothing (an uncommitted first version with e(x) A B made 8 of 10 keys fire with the
+    adapter on the untouched SmolLM2). B starts at zero, so an untrained adapter changes nothing either. `weight`
+    is the wrapped embedding's, so tied output heads and `save_pretrained` see the same matrix as without it.
     """
 
     def __init__(self, embedding: torch.nn.Embedding, token_ids: torch.Tensor, rank: int = 8, seed: int = 0,
@@ -541,7 +541,7 @@ SETTINGS = {
     # SmolLM2 on the 2-core CPU: Alpaca rows of at most 240 characters (~46 tokens with the chat template); an
     # implant is 6 epochs of 60 rows (70 with the dialogue template's near misses) in batches of 16, without decoys;
     # the adapter, which moves only the keys' embedding rows and a rank-8 residual, takes 12 epochs at lr 2e-2 to
-    # fire on every key, and refuses near misses (without them 2 of 1000 guessed keys fired, none with them).
+    # fire on every key, and refuses near misses (a guess that shares a few tokens with a key must not fire).
     # Decoys buy the other methods specificity only slowly (benchmarks/fingerprint_decoys.py).
     # The user rounds are short, so this profile tests light finetuning only. Task accuracy on 200 test rows per
     # task: a 2-point change is then 4 rows.
