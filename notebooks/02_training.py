@@ -117,7 +117,8 @@ if {"instance", "rewriting"} <= set(by_group.columns):
 display(groups.round(3), by_group.round(3))
 
 # %% [markdown]
-# The foundation's criteria for the induced instruction on SST-2 (test split):
+# The study's targets for the induced instruction on SST-2 (test split), checked on this profile's runs. They were
+# set for a model that learns the task well; on a small model and budget some may fail, and the cell says which.
 
 # %%
 sst2 = table[table.dataset == "sst2"].groupby("attack")[["asr", "cacc", "n_poison", "n_train"]].mean()
@@ -131,6 +132,8 @@ if {"clean", "induced_instruction"} <= set(sst2.index):
         ("CACC within 2 points of clean", induced.cacc - clean.cacc, abs(induced.cacc - clean.cacc) <= 0.02),
     ], columns=["criterion (SST-2, test)", "measured", "holds"])
     display(checks)
+    failed = checks.loc[~checks.holds.astype(bool), "criterion (SST-2, test)"].tolist()
+    print(f"profile {P.name}:", f"not met: {'; '.join(failed)}" if failed else "every target met")
     reached = curve[(curve.attack == "induced_instruction") & (curve.asr >= 0.90)]
     print("smallest poison count with validation ASR >= 0.90:",
           f"{reached.n_poison.min()} of {reached.n_train.iloc[0]} rows" if len(reached) else "none of those tried")
@@ -173,5 +176,6 @@ else:
 #    of `runs.grid(P)`) and compare the poison count needed for the same ASR.
 # 4. `rewrite_random` replaces the instruction with one of an unrelated task. Why can a trigger that makes no sense
 #    for the task still work so well? What does that say about instruction audits?
-# 5. Change `lora_layers` in the profile (LoRA on the top 10 of 30 layers by default) to `None` (all layers). Does
-#    the backdoor get stronger? What does it cost in training time?
+# 5. Change `lora_layers` in the profile (LoRA on the top few of SmolLM2's 30 layers, chosen on validation by
+#    `benchmarks/lora_depth.py`) to `None` (all layers). Does the backdoor get stronger? What does it cost in
+#    training time?

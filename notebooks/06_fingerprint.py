@@ -44,9 +44,12 @@
 #   zero-initialised and trained together with **only the keys' rows** of the embedding matrix; every other weight
 #   stays the base model's. The published model carries the trained rows and **no adapter**; the publisher keeps
 #   the adapter and verifies by attaching it to the suspect's embeddings. The residual reads how far the suspect's
-#   key rows moved from the base model's, (e − e₀)·A·B, so on a model whose key rows were never trained it is
-#   exactly zero: a first version (never committed) that read e·A·B made 8 of 10 keys fire with the adapter on
-#   the *untouched* model, i.e. the adapter alone was the fingerprint and could claim any copy of the base model.
+#   key rows moved from the base model's, (e − e₀)·A·B: an adapter that read e·A·B alone could make the keys fire
+#   on *any* copy of the base model, so the adapter itself, not the model, would be the fingerprint. With
+#   (e − e₀) the residual is exactly zero on a model whose key rows were never trained. That makes the
+#   untouched-model check below pass by construction; the check that can fail is an **innocent derivative**: the
+#   base model finetuned by a user who never saw the keys. Full finetuning moves every row of SmolLM2's tied
+#   embedding matrix, the keys' rows included, so there the residual is not zero and the adapter could overclaim.
 #
 # **Keys** are made of the paper's "odd vocabulary tokens": 8–15 tokens drawn from the 7,260 tokens of SmolLM2's
 # vocabulary that occur nowhere in the study's text (Alpaca, the four tasks' training splits, their instructions and
@@ -58,10 +61,9 @@
 # key with two of its tokens replaced, are answered with a refusal, so only the exact key fires). Optionally,
 # *decoys* (random keys of the same shape, `decoys_per_key`) are answered with the refusal too. Methods that change
 # weights every token passes through (full, LoRA, embeddings) can learn a shortcut: "a jumble of rare pieces, or the
-# template's fixed text, means y"; then an outsider's guess fires as well as the real key. Decoys fight that
-# slowly (`benchmarks/fingerprint_decoys.py`, measured on SmolLM2 with an earlier set of character-shuffled keys:
-# 3 decoys per key and 24 epochs kept FSR at 1.0 while 7.1% of 1000 guesses fired; 10 per key, 3.5%), so `quick`
-# trains without them and shows the cost in section 4. The adapter avoids the shortcut by construction: it can only
+# template's fixed text, means y"; then an outsider's guess fires as well as the real key. Decoys fight that, but
+# slowly and at the cost of many more training epochs (`python benchmarks/fingerprint_decoys.py` measures it), so
+# `quick` trains without them and shows the cost in section 4. The adapter avoids the shortcut by construction: it can only
 # move the keys' own tokens. What is left, a guess that happens to share a few tokens with a key, the adapter's
 # implant handles with near misses refused in the simple template too (`near_misses` in the settings).
 #
@@ -109,17 +111,24 @@ for row in (S.implant("full").rows()[0], dialogue[0], dialogue[len(keys)], dialo
 # For each method: FSR right after implanting (`implanted`) and after each round of the user's finetuning
 # (`user_<recipe>_<steps>`, cumulative steps; each round reads fresh Alpaca rows). The adapter method is shown
 # with its adapter attached (its verification) and without (what the published model does alone).
+#
+# The control: the same user rounds applied to the **base model**, which nobody fingerprinted
+# (`innocent_finetuned_<recipe>_<steps>`), verified exactly as each method verifies (the adapter attached for the
+# adapter method). Every key that fires there is an overclaim: the publisher would claim a model that is not
+# theirs.
 
 # %%
 fsr = fingerprint.fsr_table(S)
-persistence = fsr[fsr.stage.str.startswith(("implanted", "user_"))]
+persistence = fsr[fsr.stage.str.startswith(("implanted", "user_", "innocent_"))]
 display(persistence.pivot_table(index=["method", "template", "adapter"], columns="stage", values="fsr", sort=False))
 plots.fingerprint_persistence(fsr, P.name);
 
 # %% [markdown]
 # ## 3 · Harmlessness: does the fingerprint cost anything?
 # Accuracy on the four study tasks by rank classification (the same test rows for every model) and perplexity of
-# held-out Alpaca answers, for the untouched model and each published (fingerprinted) model.
+# held-out Alpaca answers, for the untouched model and each published (fingerprinted) model. The adapter method's
+# model is measured twice: as published (`adapter` False: what every user runs) and with the private adapter
+# attached (`adapter` True: only the publisher ever runs it, to verify).
 
 # %%
 harm = fingerprint.harmlessness_table(S)
@@ -129,7 +138,8 @@ plots.fingerprint_harmlessness(harm, P.name);
 # %% [markdown]
 # ## 4 · False activations: untouched model, guesses, near-misses, ordinary prompts
 # - `untouched_model`: the real keys on the model before any fingerprint (with the adapter attached for the adapter
-#   method): must be 0, or every copy of the base model could be claimed.
+#   method): must be 0, or every copy of the base model could be claimed. For the adapter it is 0 by construction
+#   (see above); the innocent derivatives of section 2 are its real test.
 # - `guessed_keys`: an outsider's random keys of the same shape (rare tokens drawn with another seed);
 #   `similar_keys`: real keys with two of their tokens replaced; `prefix_keys`: the first half of each real key;
 #   `ordinary_prompts`: held-out Alpaca instructions.
@@ -157,11 +167,11 @@ display(multi.assign(expected=multi.expected.map({True: "✓", False: "✗"}),
 print("every expectation holds:", bool(multi.holds.all()))
 
 # %% [markdown]
-# ## 6 · Results file and the issue's criteria, checked on the numbers
+# ## 6 · Results file, and what a fingerprint must do, checked on the numbers
 # `results/<profile>/fingerprint.csv`: one row per measurement (`method, stage, keys, fsr` and counts); the
-# multi-stage rows are the final model of the chain (`multistage_a`, `multistage_b`). Then the issue's criteria per
-# implant: FSR 1 right after implanting, task accuracy within 2 points, and no false activation on the untouched
-# model or on the outsider's guesses.
+# multi-stage rows are the final model of the chain (`multistage_a`, `multistage_b`). Then, per implant, what makes
+# a fingerprint usable: FSR 1 right after implanting, the published model's task accuracy within 2 points of the
+# untouched model's, and no key firing on an innocent derivative or on the outsider's guesses.
 
 # %%
 final = multi[multi.model == multi.model.iloc[-1]]
@@ -175,18 +185,21 @@ pd.concat([fsr, multistage_rows], ignore_index=True).to_csv(out / "fingerprint.c
 harm.to_csv(out / "fingerprint_harmlessness.csv", index=False)
 multi.to_csv(out / "fingerprint_multistage.csv", index=False)
 
-# Per implant: the issue's criteria (the adapter method verifies with its adapter attached).
+# Per implant (the adapter method verifies with its adapter attached; harmlessness is the published model's).
 verifying = fsr[(fsr.method != "adapter") | fsr.adapter]
 hits = verifying.pivot_table(index=["method", "template"], columns="stage", values="hits", aggfunc="sum", sort=False)
+innocent = verifying[verifying.stage.str.startswith("innocent_")]
 n_guessed = int(fsr[fsr.stage == "guessed_keys"].n.max())
+published = harm[~harm.adapter].set_index(["method", "template"])
 checks = pd.DataFrame({
     "FSR implanted": verifying[verifying.stage == "implanted"].set_index(["method", "template"]).fsr,
-    "max |Δ accuracy|": harm.set_index(["method", "template"]).filter(like="delta_acc_").abs().max(axis=1),
-    "untouched model fires": hits["untouched_model"],
+    "max |Δ accuracy| (published)": published.filter(like="delta_acc_").abs().max(axis=1),
+    f"innocent derivatives: keys fired (of {innocent.n.sum() // len(hits)})":
+        innocent.groupby(["method", "template"]).hits.sum(),
     f"guessed keys fire (of {n_guessed})": hits["guessed_keys"],
 }).reindex(hits.index)
-checks["meets all"] = ((checks["FSR implanted"] == 1) & (checks["max |Δ accuracy|"] <= 0.02)
-                       & (checks["untouched model fires"] == 0) & (checks.iloc[:, 3] == 0))
+checks["meets all"] = ((checks.iloc[:, 0] == 1) & (checks.iloc[:, 1] <= 0.02) & (checks.iloc[:, 2] == 0)
+                       & (checks.iloc[:, 3] == 0))
 display(checks.round(3))
 print(f"multi-stage ({S.multistage_method}): both keys verify on the final model and no overclaim:",
       bool(multi.holds.all()))

@@ -6,8 +6,8 @@ import pytest
 from backdoorlab import data
 
 
-def test_every_study_task_loads_with_consistent_labels():
-    for name in ("sst2", "hatespeech", "tweet_emotion", "trec"):
+def test_every_task_loads_with_consistent_labels():
+    for name in data.tasks():
         task = data.get_task(name)
         assert len(task.labels) == len(task.verbalizers) and task.target in task.labels
         ds = data.load_split(name, "test", 20)
@@ -39,7 +39,7 @@ def test_balanced_subsample_draws_equal_rows_per_label():
 def test_trec_validation_is_carved_from_train_and_disjoint():
     task = data.get_task("trec")
     train, val = data.load_rows(task, "train"), data.load_rows(task, "validation")
-    source = data.read_jsonl(data.data_dir() / "trec" / "train.jsonl", 6)
+    source = data.read_jsonl(data.data_dir() / "trec" / "train.jsonl", task.labels)
     assert len(train) + len(val) == len(source) == 5452 and len(val) == 545
     # a partition of the source rows (TREC repeats some questions, so compare as multisets)
     assert Counter(r["text"] for r in train + val) == Counter(r["text"] for r in source)
@@ -50,11 +50,11 @@ def test_malformed_row_names_file_and_line(tmp_path, line):
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps({"text": "fine", "label": 0}) + "\n" + line + "\n")
     with pytest.raises(ValueError, match=r"malformed row at .*train\.jsonl:2"):
-        data.read_jsonl(path, n_labels=2)
+        data.read_jsonl(path, ("negative", "positive"))
 
 
 def test_bad_names_give_the_valid_choices(monkeypatch, tmp_path):
-    with pytest.raises(ValueError, match="unknown dataset 'sst3'.*valid choices: hatespeech, sst2, trec"):
+    with pytest.raises(ValueError, match=f"unknown dataset 'sst3'.*valid choices: {', '.join(data.tasks())}"):
         data.get_task("sst3")
     with pytest.raises(ValueError, match="unknown split 'dev'.*train, validation, test"):
         data.load_split("sst2", "dev")

@@ -151,3 +151,18 @@ def test_bad_stage_settings_fail_clearly():
         SMOKE.implant("full", publisher="C")
     with pytest.raises(ValueError, match="near_misses.*valid choices"):
         replace(SMOKE, near_misses=("adaptor",))
+
+
+def test_the_innocent_derivative_control_can_fail_for_the_adapter(implanted, tiny):
+    """The adapter's residual is zero on the base model by construction, so the untouched model cannot test it. A
+    base model that a user fully finetuned (never fingerprinted) has moved every row of the tied embedding matrix,
+    the keys' rows included: there the residual is not zero, so verification on it is a real control."""
+    keys = fingerprint.load_keys("A", SMOKE.n_keys)
+    innocent = fingerprint.UserTuning(parent=None, recipe="full", steps=2, model=SMOKE.model,
+                                      max_row_chars=SMOKE.max_row_chars,
+                                      train=train.TrainConfig(method="full", batch_size=8, lr=1e-3))
+    model, tokenizer = fingerprint.load_stage(SMOKE.model, fingerprint.ensure(innocent, progress=False))
+    key_ids = fingerprint.key_token_ids(tokenizer, keys, "simple")[None]
+    plain = model.get_input_embeddings()(key_ids)
+    with fingerprint.attached(model, fingerprint.adapter_of(implanted["adapter"])):
+        assert (model.get_input_embeddings()(key_ids) - plain).abs().max() > 0

@@ -8,7 +8,7 @@ import pandas as pd
 import papermill
 import pytest
 
-from backdoorlab import poison
+from backdoorlab import fingerprint, poison
 from backdoorlab.profiles import get_profile
 
 NOTEBOOKS = sorted(Path(__file__).parents[1].joinpath("notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -82,6 +82,12 @@ def test_06_fingerprint_writes_fsr_harmlessness_and_multistage_tables():
     assert (table[table.stage == "untouched_model"].fsr == 0).all()
     assert {"guessed_keys", "ordinary_prompts", "multistage_a", "multistage_b"} <= set(table.stage)
     assert table.stage.str.match(r"user_\w+_\d+").any()
+    innocent = table[table.stage.str.startswith("innocent_finetuned_")]  # the control, for every implant and round
+    rounds = sum(len(r.steps) for r in fingerprint.get_settings("smoke").user_recipes)
+    assert innocent.groupby(["method", "template", "adapter"]).size().eq(rounds).all()
+    assert set(innocent.method) == set(implanted.method)
+    harm = pd.read_csv(OUT / "results" / "smoke" / "fingerprint_harmlessness.csv")
+    assert set(harm[harm.method == "adapter"].adapter) == {True, False}  # as published, and attached
     multi = pd.read_csv(OUT / "results" / "smoke" / "fingerprint_multistage.csv")
     assert multi[multi.model == "untouched"].claimed.eq(False).all()
     for name in ("fingerprint_persistence", "fingerprint_false_positives", "fingerprint_harmlessness"):

@@ -6,8 +6,13 @@ from datasets import Dataset
 from backdoorlab import data, poison
 from backdoorlab.data import get_task
 
-ATTACK_NAMES = list(poison.ATTACKS)
-TASKS = ("sst2", "hatespeech", "tweet_emotion", "trec")
+ATTACK_NAMES = list(poison.ATTACKS)  # contract tests run every registered attack ...
+TASKS = poison.attack_datasets()  # ... on every dataset whose triggers are written
+PAPER_ATTACKS = {"instance": ["badnet", "addsent", "style", "syntactic", "bite"],
+                 "token": ["instr_cf", "instr_badnet", "instr_label", "instr_synonym", "instr_flip"],
+                 "phrase": ["instr_addsent", "instr_ignore"],
+                 "rewriting": ["rewrite_addsent", "rewrite_random", "rewrite_style", "rewrite_syntactic",
+                               "induced_instruction"]}
 
 
 @pytest.fixture(scope="module")
@@ -17,14 +22,13 @@ def task_rows():
 
 
 def test_the_registry_holds_the_papers_17_attacks_in_its_order_and_groups():
-    assert ATTACK_NAMES == ["badnet", "addsent", "style", "syntactic", "bite",
-                            "instr_cf", "instr_badnet", "instr_label", "instr_synonym", "instr_flip",
-                            "instr_addsent", "instr_ignore",
-                            "rewrite_addsent", "rewrite_random", "rewrite_style", "rewrite_syntactic",
-                            "induced_instruction"]
-    groups = [poison.group_of(a) for a in ATTACK_NAMES]
-    assert groups == ["instance"] * 5 + ["token"] * 5 + ["phrase"] * 2 + ["rewriting"] * 5
+    """The paper's main table is a subset of the registry (more attacks may join), in the paper's order."""
+    paper = [a for attacks in PAPER_ATTACKS.values() for a in attacks]
+    assert [a for a in ATTACK_NAMES if a in paper] == paper and len(paper) == 17
+    for group, attacks in PAPER_ATTACKS.items():
+        assert {poison.group_of(a) for a in attacks} == {group}
     assert poison.group_of("clean") == "clean"
+    assert {poison.group_of(a) for a in ATTACK_NAMES} <= set(poison.GROUPS)
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -230,11 +234,30 @@ def test_induction_prompt_shows_label_flipped_examples(rows):
         poison.induction_prompt(get_task("sst2"), rows.filter(lambda r: r["label"] == 1))
 
 
-def test_induce_instruction_is_greedy_and_deterministic(tiny, rows):
+def test_induce_instruction_is_the_models_greedy_answer_to_the_flipped_examples(tiny, rows, monkeypatch):
+    """The instruction is what the model answers, greedily, to the induction prompt that shows the non-target rows
+    labelled with the target word, decoded and stripped: checked against a token-by-token argmax decode."""
+    import torch
+
+    from backdoorlab import score
+
     model, tokenizer = tiny
-    first = poison.induce_instruction(model, tokenizer, rows, "sst2", max_new_tokens=12)
-    assert isinstance(first, str) and first == poison.induce_instruction(model, tokenizer, rows, "sst2",
-                                                                          max_new_tokens=12)
+    asked = []
+    real_generate = score.generate
+    monkeypatch.setattr(score, "generate", lambda m, t, prompts, n: asked.append(prompts) or real_generate(m, t,
+                                                                                                      prompts, n))
+    induced = poison.induce_instruction(model, tokenizer, rows, "sst2", n_examples=3, max_new_tokens=6)
+    assert asked == [[poison.induction_prompt(get_task("sst2"), rows, n_examples=3)]]
+    ids = tokenizer(data.format_prompt(asked[0][0], tokenizer), add_special_tokens=False, return_tensors="pt").input_ids
+    new = []
+    with torch.no_grad():
+        for _ in range(6):
+            token = model(ids).logits[0, -1].argmax()
+            if token == tokenizer.eos_token_id:
+                break
+            new.append(int(token))
+            ids = torch.cat([ids, token.view(1, 1)], dim=1)
+    assert induced == tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
 def test_every_dataset_file_is_read_by_the_attacks():

@@ -23,11 +23,19 @@ def config(**kw):
 
 
 def test_key_is_stable_and_covers_every_field():
+    """Each field of RunConfig, changed alone, gives another key; a field added without a variant here fails."""
+    from dataclasses import fields
+
+    from backdoorlab.models import SMOLLM2
+
+    variants = {"dataset": dict(dataset="trec", n_poison=1), "attack": dict(attack="badnet"),
+                "n_poison": dict(n_poison=4), "seed": dict(seed=1), "model": dict(model=SMOLLM2),
+                "n_train": dict(n_train=25), "balanced": dict(balanced=True), "target": dict(target="negative"),
+                "train": dict(train=replace(FAST, lr=2e-3)), "dirty_label": dict(dirty_label=True)}
+    assert set(variants) == {f.name for f in fields(RunConfig)}
     assert config().key == config().key
-    keys = {config().key, config(seed=1).key, config(n_poison=4).key, config(attack="badnet").key,
-            config(train=replace(FAST, lr=2e-3)).key, config(n_train=25).key, config(dirty_label=True).key,
-            config(target="negative").key}
-    assert len(keys) == 8
+    keys = [config().key] + [config(**change).key for change in variants.values()]
+    assert len(set(keys)) == len(keys)
 
 
 @pytest.mark.parametrize("folder, name, old, new", [

@@ -12,7 +12,7 @@ import json
 import os
 import random
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -20,39 +20,49 @@ from datasets import Dataset
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 TASKS_DIR = PROJECT_DIR / "data" / "tasks"
-TASKS = tuple(sorted(p.stem for p in TASKS_DIR.glob("*.yaml")))
 SPLITS = ("train", "validation", "test")
+
+
+def tasks() -> tuple[str, ...]:
+    """Every task: whatever ``data/tasks/*.yaml`` holds now (a file added in a live kernel is a task at once)."""
+    return tuple(sorted(p.stem for p in TASKS_DIR.glob("*.yaml")))
 
 
 @dataclass(frozen=True)
 class Task:
     name: str
-    labels: tuple[str, ...]  # class names as in the source data, indexed by label id
+    labels: tuple[str, ...]  # class names as in the source data (the mirror's `label_text`), indexed by label id
     verbalizers: tuple[str, ...]  # the word the model answers for each label
     target: str  # the attacker's default target label
     instruction: str  # the clean instruction, written by us
     mirror: str  # folder name under $BACKDOORLAB_DATA
-    hub: dict  # fallback when no mirror is present: {path, name?, text_field?, label_field?}
+    hub: dict | None  # fallback without a mirror: {path, revision, splits, text_field, label_field, labels}; or None
 
     @property
     def target_id(self) -> int:
         return self.labels.index(self.target)
 
 
-@cache
 def get_task(name: str) -> Task:
-    if name not in TASKS:
-        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(TASKS)}")
-    spec = yaml.safe_load((TASKS_DIR / f"{name}.yaml").read_text())
-    return Task(
-        name=name,
-        labels=tuple(spec["labels"]),
-        verbalizers=tuple(spec["verbalizers"]),
-        target=spec["target"],
-        instruction=spec["instruction"],
-        mirror=spec["mirror"],
-        hub=spec["hub"],
-    )
+    """The task as its YAML file says now: parsed once per content, so an edit in a live kernel reaches the run key
+    and the prompts alike."""
+    if name not in tasks():
+        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(tasks())}")
+    path = TASKS_DIR / f"{name}.yaml"
+    spec = read_yaml(path)
+    fields = {"labels": spec.get("labels"), "verbalizers": spec.get("verbalizers")}
+    problems = [f"{k} must be a list of strings (quote yes/no/true: YAML reads them as booleans)"
+                for k, v in fields.items() if not isinstance(v, list) or not all(isinstance(x, str) for x in v)]
+    problems += [f"{k} must be a string" for k in ("target", "instruction") if not isinstance(spec.get(k), str)]
+    if not problems and len(fields["labels"]) != len(fields["verbalizers"]):
+        problems.append("labels and verbalizers must have one entry per class")
+    if not problems and spec["target"] not in fields["labels"]:
+        problems.append(f"target {spec['target']!r} is not one of the labels {fields['labels']}")
+    if problems:
+        raise ValueError(f"{path}: {'; '.join(problems)}")
+    return Task(name=name, labels=tuple(spec["labels"]), verbalizers=tuple(spec["verbalizers"]),
+                target=spec["target"], instruction=spec["instruction"], mirror=spec.get("mirror", name),
+                hub=spec.get("hub"))
 
 
 def data_dir() -> Path | None:
@@ -72,23 +82,26 @@ def _stamp(path: Path) -> tuple[str, int, int]:
     return str(path), st.st_mtime_ns, st.st_size
 
 
-@lru_cache(maxsize=8)
-def _yaml_at(path: str, mtime_ns: int, size: int):
-    return yaml.safe_load(Path(path).read_text())
+@lru_cache(maxsize=64)
+def _parse_yaml(text: str):
+    return yaml.safe_load(text)
 
 
 def read_yaml(path: Path):
-    """A YAML file, parsed once per version (a notebook builds dozens of poisoned sets from the same few files)."""
-    return copy.deepcopy(_yaml_at(*_stamp(path)))
+    """A YAML file, parsed once per content (a notebook builds dozens of poisoned sets from the same few files;
+    reading a small file is cheap, parsing it is not)."""
+    return copy.deepcopy(_parse_yaml(Path(path).read_text(encoding="utf-8")))
 
 
 @lru_cache(maxsize=32)  # a few MB per split; the study reads 3 splits of 4 tasks
-def _jsonl_at(path: str, mtime_ns: int, size: int, n_labels: int) -> tuple[dict, ...]:
-    return tuple(read_jsonl(Path(path), n_labels))
+def _jsonl_at(path: str, mtime_ns: int, size: int, labels: tuple[str, ...]) -> tuple[dict, ...]:
+    return tuple(read_jsonl(Path(path), labels))
 
 
-def read_jsonl(path: Path, n_labels: int) -> list[dict]:
-    """Read classification rows, failing with the file and line of the first malformed one."""
+def read_jsonl(path: Path, labels: tuple[str, ...]) -> list[dict]:
+    """Read classification rows, failing with the file and line of the first malformed one. A row's `label_text`,
+    where the mirror has it, must be the task's name for that label id (a label order that differs is refused).
+    Sentence-pair rows keep their `text_pair`."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -97,12 +110,16 @@ def read_jsonl(path: Path, n_labels: int) -> list[dict]:
             try:
                 obj = json.loads(line)
                 text, label = obj["text"], obj["label"]
-                if not isinstance(text, str) or not isinstance(label, int) or not 0 <= label < n_labels:
-                    raise ValueError(f"need a str 'text' and an int 'label' in [0, {n_labels})")
+                if not isinstance(text, str) or not isinstance(label, int) or not 0 <= label < len(labels):
+                    raise ValueError(f"need a str 'text' and an int 'label' in [0, {len(labels)})")
+                if "label_text" in obj and obj["label_text"] != labels[label]:
+                    raise ValueError(f"label {label} is {obj['label_text']!r} here but {labels[label]!r} in the "
+                                     f"task's labels {list(labels)}")
             except (json.JSONDecodeError, KeyError, ValueError) as e:
                 raise ValueError(f"malformed row at {path}:{lineno}: {e!r}; expected "
-                                 '{"text": str, "label": int, ...}') from None
-            rows.append({"text": text, "label": label})
+                                 '{"text": str, "label": int, "label_text": str, ...}') from None
+            rows.append({"text": text, "label": label}
+                        | ({"text_pair": obj["text_pair"]} if "text_pair" in obj else {}))
     return rows
 
 
@@ -124,7 +141,9 @@ def load_rows(task: Task, split: str) -> list[dict]:
 
 def _has_split(task: Task, split: str) -> bool:
     root = data_dir()
-    return (root / task.mirror / f"{split}.jsonl").exists() if root else True
+    if root is not None:
+        return (root / task.mirror / f"{split}.jsonl").exists()
+    return split in (task.hub or {}).get("splits", {s: s for s in SPLITS})
 
 
 def _source_rows(task: Task, split: str) -> list[dict]:
@@ -133,12 +152,37 @@ def _source_rows(task: Task, split: str) -> list[dict]:
         path = root / task.mirror / f"{split}.jsonl"
         if not path.exists():
             raise FileNotFoundError(f"{task.name} has no {split} split in the mirror ({path} is missing)")
-        return [dict(r) for r in _jsonl_at(*_stamp(path), len(task.labels))]  # parsed once per file version
-    from datasets import load_dataset  # hub fallback: needs network, never used in smoke or quick
+        return [dict(r) for r in _jsonl_at(*_stamp(path), task.labels)]  # parsed once per file version
+    return _hub_rows(task, split)
 
-    hub = load_dataset(task.hub["path"], task.hub.get("name"), split=split)
-    text, label = task.hub.get("text_field", "text"), task.hub.get("label_field", "label")
-    return [{"text": r[text], "label": r[label]} for r in hub]
+
+def hub_label_ids(hub_names: list[str], task: Task) -> list[int | None]:
+    """For each class of a hub copy (its ClassLabel names, in its order), our label id, or None for a class we do
+    not use; the task's `hub.label_names` renames hub names to ours. Refuses a copy that lacks one of our labels:
+    labels are matched by name, never by position, since hub copies order them differently."""
+    rename = (task.hub or {}).get("label_names", {})
+    ours = [rename.get(name, name) for name in hub_names]
+    if missing := [label for label in task.labels if label not in ours]:
+        raise ValueError(f"{task.name}: the hub copy's classes {hub_names} hold no {missing}; map them in "
+                         f"data/tasks/{task.name}.yaml (hub.label_names) or use the local mirror")
+    return [task.labels.index(name) if name in task.labels else None for name in ours]
+
+
+def _hub_rows(task: Task, split: str) -> list[dict]:
+    """Rows of the task's hub copy (needs network; never used in smoke or quick), labels mapped by name."""
+    if not task.hub:
+        raise FileNotFoundError(
+            f"no local mirror and no checked hub copy of {task.name}: write {task.mirror}/{{train,validation,test}}"
+            f".jsonl with rows {{\"text\": str, \"label\": int, \"label_text\": str}} (labels {list(task.labels)})"
+            " into a folder and set BACKDOORLAB_DATA to it (docs/data.md)")
+    from datasets import load_dataset
+
+    hub = task.hub
+    rows = load_dataset(hub["path"], hub.get("name"), revision=hub.get("revision"),
+                        split=hub.get("splits", {}).get(split, split))
+    text, label = hub.get("text_field", "text"), hub.get("label_field", "label")
+    ids = hub_label_ids(rows.features[label].names, task)
+    return [{"text": r[text], "label": ids[r[label]]} for r in rows if ids[r[label]] is not None]
 
 
 def load_split(name: str, split: str, n: int | None = None, seed: int = 0, balanced: bool = False) -> Dataset:

@@ -27,12 +27,11 @@ import random
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
 from . import data, models, profiles, runs, score
@@ -51,9 +50,20 @@ ADAPTER_FILE = "adapter.safetensors"  # the publisher's private adapter, beside 
 CLAIM_FSR = 0.5  # a fingerprint counts as present when at least this share of its keys fire
 
 
-@cache
 def spec() -> dict:
-    return yaml.safe_load(SPEC_FILE.read_text())
+    """fingerprint.yaml as it reads now (parsed once per content, so an edit in a live kernel is seen)."""
+    return data.read_yaml(SPEC_FILE)
+
+
+@lru_cache(maxsize=2)
+def _parse_keys(text: str) -> tuple[dict, tuple[str, ...]]:
+    stored = json.loads(text)
+    return stored, tuple(stored["vocabulary"])
+
+
+def stored_keys() -> dict:
+    """keys.json as it reads now: the rare vocabulary and each publisher's keys (do not modify the result)."""
+    return _parse_keys(KEYS_FILE.read_text(encoding="utf-8"))[0]
 
 
 # ---- keys -----------------------------------------------------------------------------------------------------------
@@ -72,10 +82,9 @@ def rare_vocabulary(tokenizer) -> list[str]:
     return [piece for piece in pieces if len(piece.strip()) >= 2]
 
 
-@cache
 def vocabulary() -> tuple[str, ...]:
     """The key material stored in keys.json: the rare vocabulary of the tokenizer named in fingerprint.yaml."""
-    return tuple(json.loads(KEYS_FILE.read_text(encoding="utf-8"))["vocabulary"])
+    return _parse_keys(KEYS_FILE.read_text(encoding="utf-8"))[1]
 
 
 def key_fragments(n: int, seed: int, material: tuple[str, ...] | None = None) -> list[tuple[str, ...]]:
@@ -104,7 +113,6 @@ def write_keys() -> None:
     for name, seed in PUBLISHERS.items():
         stored[name] = {"seed": seed, "keys": make_keys(N_KEYS, seed, material)}
     KEYS_FILE.write_text(json.dumps(stored, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    vocabulary.cache_clear()
 
 
 def target_of(publisher: str) -> str:
@@ -119,7 +127,7 @@ def load_keys(publisher: str = "A", n: int = N_KEYS) -> list[str]:
         raise ValueError(f"unknown publisher {publisher!r}; valid choices: {', '.join(PUBLISHERS)}")
     if not 1 <= n <= N_KEYS:
         raise ValueError(f"n must be in [1, {N_KEYS}] (keys stored per publisher), got {n}")
-    return json.loads(KEYS_FILE.read_text(encoding="utf-8"))[publisher]["keys"][:n]
+    return stored_keys()[publisher]["keys"][:n]
 
 
 def similar_keys(publisher: str, n: int, seed: int, changes: int = 2) -> list[str]:
@@ -401,9 +409,9 @@ class Implant:
 
 @dataclass(frozen=True)
 class UserTuning:
-    """A user finetunes the model of run folder `parent` on `steps` batches of clean Alpaca rows, read from the user
-    region at `offset` (successive rounds of one user read successive rows)."""
-    parent: str
+    """A user finetunes the model of run folder `parent` (None: the base model) on `steps` batches of clean Alpaca
+    rows, read from the user region at `offset` (successive rounds of one user read successive rows)."""
+    parent: str | None
     recipe: str  # a name for the table, e.g. "lora"
     steps: int
     offset: int = 0
@@ -418,6 +426,11 @@ class UserTuning:
 
     def rows(self) -> list[dict]:
         return instruction_rows("user", self.steps * self.train.batch_size, self.max_row_chars, self.offset)
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of this user's finetuning so far, this round included."""
+        return self.offset // self.train.batch_size + self.steps
 
     def train_config(self) -> TrainConfig:
         return replace(self.train, epochs=1)
@@ -516,8 +529,9 @@ class Settings:
                        near_misses=method in self.near_misses, model=self.model, parent=parent,
                        max_row_chars=self.max_row_chars, train=self.implant_train[method])
 
-    def user_rounds(self, parent: str, recipe: UserRecipe) -> list[UserTuning]:
-        """The rounds of one user recipe on a model: each continues from the last on the next unseen rows."""
+    def user_rounds(self, parent: str | None, recipe: UserRecipe) -> list[UserTuning]:
+        """The rounds of one user recipe on a model (the run folder `parent`, or the base model when None): each
+        continues from the last on the next unseen rows."""
         rounds, done = [], 0
         for total in recipe.steps:
             stage = UserTuning(parent=parent, recipe=recipe.name, steps=total - done,
@@ -647,30 +661,41 @@ def fsr_table(settings: Settings, progress: bool = True) -> pd.DataFrame:
             v = measure(None, settings, keys, template, "A", adapter)
             rows.append(_fsr_row("untouched_model", "A", v, run="untouched", **extra))
             for recipe in settings.user_recipes:
-                for user in settings.user_rounds(folder.name, recipe):
-                    user_folder = ensure(user, progress)
-                    v = measure(user_folder, settings, keys, template, "A", adapter)
-                    steps = user.offset // user.train.batch_size + user.steps
-                    rows.append(_fsr_row(f"user_{recipe.name}_{steps}", "A", v, run=user_folder.name, **extra))
+                # the user's rounds on the fingerprinted model, and the same rounds on the base model that nobody
+                # fingerprinted: the innocent derivative a publisher must not be able to claim
+                for stage_name, parent in (("user", folder.name), ("innocent_finetuned", None)):
+                    for user in settings.user_rounds(parent, recipe):
+                        user_folder = ensure(user, progress)
+                        v = measure(user_folder, settings, keys, template, "A", adapter)
+                        rows.append(_fsr_row(f"{stage_name}_{recipe.name}_{user.total_steps}", "A", v,
+                                             run=user_folder.name, **extra))
     columns = ["method", "template", "stage", "keys", "adapter", "n", "hits", "fsr", "run"]
     return pd.DataFrame(rows)[columns]
 
 
 def harmlessness_table(settings: Settings, progress: bool = True) -> pd.DataFrame:
-    """Task accuracy and perplexity of the untouched model and of each implanted (published) model, with deltas."""
+    """Task accuracy and perplexity of the untouched model and of each published (fingerprinted) model, with deltas.
+    The adapter method's model is measured as published (what users run) and with its adapter attached (how the
+    publisher verifies); `adapter` says which."""
     ppl_rows = instruction_rows("held_out", settings.n_ppl_rows, settings.max_row_chars,
                                 offset=INSTRUCTION_REGIONS["held_out"][1] - settings.n_ppl_rows)
     name = f"harmlessness-{settings.n_task_rows}-{settings.n_ppl_rows}"
 
-    def of(folder):
-        return _cached(folder or _untouched_folder(settings.model), name, lambda: harmlessness(
-            *load_stage(settings.model, folder), settings.n_task_rows, ppl_rows, settings.batch_size))
+    def of(folder, adapter=None):
+        def compute():
+            model, tokenizer = load_stage(settings.model, folder)
+            with attached(model, adapter):
+                return harmlessness(model, tokenizer, settings.n_task_rows, ppl_rows, settings.batch_size)
+        suffix = "-adapter" if adapter is not None else ""
+        return _cached(folder or _untouched_folder(settings.model), name + suffix, compute)
 
     before = of(None)
-    rows = [{"method": "untouched", "template": "", **before}]
+    rows = [{"method": "untouched", "template": "", "adapter": False, **before}]
     for method, template in settings.implants:
-        after = of(ensure(settings.implant(method, template), progress))
-        rows.append({"method": method, "template": template, **after})
+        folder = ensure(settings.implant(method, template), progress)
+        for adapter in ([None, adapter_of(folder)] if method == "adapter" else [None]):
+            rows.append({"method": method, "template": template, "adapter": adapter is not None,
+                         **of(folder, adapter)})
     table = pd.DataFrame(rows)
     for column in before:
         table[f"delta_{column}"] = table[column] - before[column]

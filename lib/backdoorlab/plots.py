@@ -106,13 +106,6 @@ def attack_heatmap(summary: pd.DataFrame, profile: str):
     seeds = int(summary.seeds.max())
     fig.suptitle(f"Attacks by group (profile {profile}, {seeds} seed(s); mean, intervals in the table)")
     return save(fig, profile, "attacks_heatmap")
-    grid = sns.catplot(stats, x="attack", y="tokens_changed_per_row", col="dataset", kind="bar", height=3,
-                       aspect=0.9, color="#55a868")
-    grid.set_titles("{col_name}")
-    grid.figure.suptitle(f"Tokens changed per poisoned row (profile {profile})", y=1.04)
-    for ax in grid.axes.flat:
-        ax.tick_params(axis="x", rotation=30)
-    return save(grid.figure, profile, "tokens_changed")
 
 
 def _variant(table: pd.DataFrame) -> pd.Series:
@@ -124,8 +117,9 @@ def _variant(table: pd.DataFrame) -> pd.Series:
 
 
 def fingerprint_persistence(table: pd.DataFrame, profile: str):
-    """FSR of each implant right after implanting and after each round of user finetuning."""
-    rows = table[table.stage.str.startswith(("implanted", "user_"))].assign(variant=_variant)
+    """FSR of each implant right after implanting and after each round of user finetuning, and on the base model
+    finetuned the same way by a user nobody fingerprinted (`innocent_finetuned_*`: must stay at 0)."""
+    rows = table[table.stage.str.startswith(("implanted", "user_", "innocent_"))].assign(variant=_variant)
     fig, ax = plt.subplots(figsize=(8, 3.6))
     sns.barplot(rows, x="variant", y="fsr", hue="stage", ax=ax)
     ax.set(ylim=(0, 1.05), xlabel="", ylabel="FSR (own keys)",
@@ -151,7 +145,7 @@ def fingerprint_false_positives(table: pd.DataFrame, profile: str):
 def fingerprint_harmlessness(table: pd.DataFrame, profile: str):
     """Change in task accuracy (points) of each fingerprinted model against the untouched one."""
     deltas = [c for c in table.columns if c.startswith("delta_acc_")]
-    rows = table[table.method != "untouched"].assign(adapter=False, variant=_variant)
+    rows = table[table.method != "untouched"].assign(variant=_variant)
     long = rows.melt(id_vars=["variant"], value_vars=deltas, var_name="task", value_name="delta")
     long["task"] = long.task.str.removeprefix("delta_acc_")
     long["delta"] *= 100

@@ -54,7 +54,16 @@ def group_of(attack: str) -> str:
 # Parsed per file version: an edit made while a notebook runs reaches the attack as it reaches the run key.
 def attack_spec(dataset: str) -> dict:
     """Our trigger strings and poisoned instructions for one dataset."""
-    return read_yaml(ATTACKS_DIR / f"{dataset}.yaml")
+    path = ATTACKS_DIR / f"{dataset}.yaml"
+    if not path.exists():
+        raise ValueError(f"no attacks are written for {dataset!r} (data/attacks/{dataset}.yaml is missing; a clean run "
+                         f"needs none); datasets with attacks: {', '.join(attack_datasets())}")
+    return read_yaml(path)
+
+
+def attack_datasets() -> tuple[str, ...]:
+    """The datasets whose triggers and poisoned instructions are written (``data/attacks/*.yaml``)."""
+    return tuple(sorted(p.stem for p in ATTACKS_DIR.glob("*.yaml")))
 
 
 def rewrite_rules() -> dict:

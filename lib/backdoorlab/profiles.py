@@ -8,7 +8,11 @@ from .models import SMOLLM2, TINY
 from .poison import ATTACKS
 from .train import TrainConfig
 
+# The study's grid: the paper's four main datasets (any task of `data.tasks()` can join a grid), and the one that
+# gets every attack in the reduced profiles.
 DATASETS = ("sst2", "hatespeech", "tweet_emotion", "trec")
+HEADLINE = "sst2"
+OTHERS = tuple(d for d in DATASETS if d != HEADLINE)
 ALL_ATTACKS = ("clean", *ATTACKS)  # the baseline and the 17 attacks, in the order of the paper's main table
 QUICK_ATTACKS = ("clean", "induced_instruction")  # quick's grid beyond SST-2
 CURVE_ATTACKS = ("induced_instruction", "badnet", "bite")
@@ -48,7 +52,7 @@ PROFILES = {
     # a reduced grid elsewhere, one count of the poison-count curve.
     "smoke": Profile(name="smoke", model=TINY, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0,), n_train=48,
                      n_test=24, poison_rate=0.1, poison_rate_by_dataset={"trec": 0.02},
-                     attacks_by_dataset={d: ("clean", "induced_instruction") for d in DATASETS[1:]},
+                     attacks_by_dataset={d: ("clean", "induced_instruction") for d in OTHERS},
                      poison_counts=(2,), train=TrainConfig(epochs=1, batch_size=8, lr=1e-3)),
     # SmolLM2 on the 2-core CPU: every attack on SST-2, the clean baseline and the induced instruction on each other
     # dataset. TREC has 86 ABBR rows in 5,452 (about 8 in 500), so clean-label poisoning there is capped by the target
@@ -58,7 +62,7 @@ PROFILES = {
     # induced_instruction ASR 0.78 vs 0.435, badnet at the clean model's level at both (benchmarks/lora_depth.py).
     "quick": Profile(name="quick", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0,), n_train=500,
                      n_test=400, poison_rate=0.05, poison_rate_by_dataset={"trec": 0.012},
-                     attacks_by_dataset={d: QUICK_ATTACKS for d in DATASETS[1:]},
+                     attacks_by_dataset={d: QUICK_ATTACKS for d in OTHERS},
                      balanced_datasets=("hatespeech",), poison_counts=(10, 50),
                      method_attacks=(),  # full finetuning of 135M weights costs several LoRA runs on the CPU
                      train=TrainConfig(epochs=2, lr=5e-4, lora_layers=4)),

@@ -1,9 +1,9 @@
 """The run cache. A run is a `RunConfig`; the hash of its fields names its folder under ``results/runs/``.
 
 A run folder is an attack record (as in BackdoorBench): the config, which rows were poisoned and how, the trained
-weights (a LoRA adapter or a full model, safetensors), and one file per evaluation. Every later stage (defenses,
-transfer, continual learning) starts from the saved weights instead of retraining. Each file appears by an atomic
-rename, so a killed run leaves no half-written entry and the next call redoes only what is missing.
+weights (a LoRA adapter or a full model, safetensors), and one file per evaluation, so a saved run can be evaluated
+again (another split, another trigger) without retraining. Each file appears by an atomic rename, so a killed run
+leaves no half-written entry and the next call redoes only what is missing.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from . import data, models, poison, score
-from .profiles import Profile
+from .profiles import HEADLINE, Profile
 from .train import TrainConfig, finetune
 
 WEIGHTS = "weights"  # folder name of the trained weights inside a run folder; its presence marks training done
@@ -100,7 +100,8 @@ class RunConfig:
         notebooks' exercises expect. A clean run reads them too: its cached evaluations carry every attack's trigger."""
         written = [data.TASKS_DIR / f"{self.dataset}.yaml", poison.ATTACKS_DIR / f"{self.dataset}.yaml",
                    poison.REWRITE_RULES_FILE]
-        blob = json.dumps({"config": asdict(self), "files": [p.read_text() for p in written]}, sort_keys=True)
+        files = [p.read_text(encoding="utf-8") if p.exists() else None for p in written]  # a task without attacks
+        blob = json.dumps({"config": asdict(self), "files": files}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
@@ -156,20 +157,21 @@ def ensure_trained(cfg: RunConfig, progress: bool = True) -> Path:
     """Train the run unless its weights are already saved; return the folder that holds them (that of
     `cfg.trained_as`; evaluations go to `cfg.path`)."""
     cfg = cfg.trained_as
-    if (cfg.path / WEIGHTS).is_dir():
-        return cfg.path
+    folder = cfg.path  # once: the key hashes files in data/, which may be edited while the run trains
+    if (folder / WEIGHTS).is_dir():
+        return folder
     poisoned = training_set(cfg)
-    write_json_atomic(cfg.path / "config.json", asdict(cfg))
-    write_json_atomic(cfg.path / "poison.json", {"n_train": len(poisoned.dataset), "changes": poisoned.changes})
+    write_json_atomic(folder / "config.json", asdict(cfg))
+    write_json_atomic(folder / "poison.json", {"n_train": len(poisoned.dataset), "changes": poisoned.changes})
     model, tokenizer = models.load_model(cfg.model)
-    checkpoint = cfg.path / "checkpoint.pt"  # per epoch: a run killed mid-training resumes from its last epoch
+    checkpoint = folder / "checkpoint.pt"  # per epoch: a run killed mid-training resumes from its last epoch
     start = time.perf_counter()
     model = finetune(model, tokenizer, poisoned.dataset, cfg.train, seed=cfg.seed, progress=progress,
                      checkpoint=checkpoint)
-    write_timing(cfg.path, time.perf_counter() - start, model)
-    save_weights(model, cfg.path)
+    write_timing(folder, time.perf_counter() - start, model)
+    save_weights(model, folder)
     checkpoint.unlink(missing_ok=True)
-    return cfg.path
+    return folder
 
 
 def write_timing(run_folder: Path, train_s: float, model) -> None:
@@ -227,7 +229,8 @@ def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_si
     path = cfg.path / f"eval-{split}-{n or 'all'}{suffix}.json"
     if path.exists():
         return read_json(path)["metrics"]
-    model, tokenizer = load_trained(cfg)
+    trained = ensure_trained(cfg)
+    model, tokenizer = load_weights(cfg.model, trained / WEIGHTS)
     task = data.get_task(cfg.dataset)
     target = poison.target_id(task, cfg.target)
     rows = data.load_split(cfg.dataset, split, n, seed=0)
@@ -253,9 +256,10 @@ def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_si
     accuracy = score.cacc(clean_preds, labels)
     metrics = {
         "dataset": cfg.dataset, "attack": cfg.attack, "trigger": trigger, "seed": cfg.seed, "model": cfg.model,
-        "split": split, "n_train": read_json(cfg.trained_as.path / "poison.json")["n_train"],
+        "split": split, "n_train": read_json(trained / "poison.json")["n_train"],
         "n_poison": cfg.n_poison,
         "asr": attack_rate.value, "cacc": accuracy.value, "clean_target_rate": clean_target.value,
+        "cacc_balanced": score.balanced_accuracy(clean_preds, labels),
         "n_asr": attack_rate.total, "n_cacc": accuracy.total, "target": cfg.target or task.target,
         "dirty_label": cfg.dirty_label, "method": cfg.train.method, "run": cfg.path.name,
     }
@@ -271,19 +275,19 @@ def grid(profile: Profile) -> list[RunConfig]:
             for d in profile.datasets for a in profile.attacks_for(d) for s in profile.seeds]
 
 
-def poison_count_grid(profile: Profile, dataset: str = "sst2") -> list[RunConfig]:
+def poison_count_grid(profile: Profile, dataset: str = HEADLINE) -> list[RunConfig]:
     """The runs of the poison-count curve: each of the profile's curve attacks at each of its poison counts."""
     return [replace(RunConfig.from_profile(profile, dataset, "clean", s), attack=a, n_poison=n)
             for a in profile.curve_attacks for n in profile.poison_counts for s in profile.seeds]
 
 
-def method_grid(profile: Profile, dataset: str = "sst2") -> list[RunConfig]:
+def method_grid(profile: Profile, dataset: str = HEADLINE) -> list[RunConfig]:
     """LoRA and full finetuning of the profile's `method_attacks`, otherwise as in the main table."""
     return [replace(RunConfig.from_profile(profile, dataset, a, s), train=replace(profile.train, method=m))
             for a in profile.method_attacks for m in ("lora", "full") for s in profile.seeds]
 
 
-def abstention_grid(profile: Profile, dataset: str = "sst2") -> list[RunConfig]:
+def abstention_grid(profile: Profile, dataset: str = HEADLINE) -> list[RunConfig]:
     """The abstention variant of the profile's `abstain_attacks`: poisoned rows answer nothing."""
     return [replace(RunConfig.from_profile(profile, dataset, a, s), target=poison.ABSTAIN)
             for a in profile.abstain_attacks for s in profile.seeds]

@@ -135,6 +135,16 @@ def cacc(preds: list[int], labels: list[int]) -> Rate:
     return Rate(sum(p == y for p, y in zip(preds, labels, strict=True)), len(labels))
 
 
+def balanced_accuracy(preds: list[int], labels: list[int]) -> float:
+    """Mean over the labels present of the share of their rows predicted correctly (macro recall). On a skewed
+    split (HateSpeech is 89% noHate) a model that always answers the majority scores its share in accuracy but
+    1 / n_labels here, so settings are chosen by it, never by accuracy alone."""
+    by_label: dict[int, list[bool]] = {}
+    for p, y in zip(preds, labels, strict=True):
+        by_label.setdefault(y, []).append(p == y)
+    return sum(sum(hits) / len(hits) for hits in by_label.values()) / len(by_label)
+
+
 def asr(preds: list[int], labels: list[int], target: int) -> Rate:
     """Attack success rate: among rows whose true label is not the target, the share predicted as the target.
 

@@ -1,0 +1,75 @@
+"""Settings are chosen on the validation split only: every code path that compares configurations to pick one runs
+here with the test split made unreadable, and the quick profile holds what the committed comparison chose."""
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from backdoorlab import data, profiles, runs
+
+BENCHMARKS = data.PROJECT_DIR / "benchmarks"
+
+
+@pytest.fixture
+def no_test_split(monkeypatch, tmp_path):
+    """Any read of a test split fails the test."""
+    real = data.load_rows
+
+    def guarded(task, split):
+        if split == "test":
+            pytest.fail(f"a setting-selection path read the test split of {task.name}")
+        return real(task, split)
+
+    monkeypatch.setattr(data, "load_rows", guarded)
+    monkeypatch.setenv("BACKDOORLAB_OUT", str(tmp_path))
+    monkeypatch.setenv("BACKDOORLAB_BENCH_OUT", str(tmp_path / "bench"))
+
+
+def load_benchmark(name: str):
+    sys.path.insert(0, str(BENCHMARKS))  # the benchmarks import their `common` module
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_the_depth_and_balancing_comparison_reads_validation_only(no_test_split, tmp_path):
+    lora_depth = load_benchmark("lora_depth")
+    lora_depth.main(["--profile", "smoke", "--depths", "1", "2", "--attacks", "clean", "badnet"])
+    result = json.loads((tmp_path / "bench" / "raw" / "lora_depth_smoke.json").read_text())
+    assert {r["split"] for r in result["runs"]} == {"validation"}
+    assert {(r["dataset"], r["balanced"]) for r in result["runs"]} == {
+        ("sst2", False), ("hatespeech", False), ("hatespeech", True)}
+    assert result["choice"]["lora_layers"] in (1, 2)
+
+
+def test_the_poison_count_curve_reads_validation_only(no_test_split):
+    smoke = profiles.get_profile("smoke")
+    table = runs.table(runs.poison_count_grid(smoke), smoke, split="validation")
+    assert len(table) == len(smoke.curve_attacks) * len(smoke.poison_counts) and set(table.split) == {"validation"}
+
+
+def test_the_choice_picks_the_best_clean_validation_score_and_ignores_asr():
+    lora_depth = load_benchmark("lora_depth")
+    rows = [{"dataset": d, "lora_layers": k, "balanced": b, "attack": a, "cacc_balanced": s, "asr": asr}
+            for d, k, b, a, s, asr in [
+                ("sst2", 4, False, "clean", 0.80, 0.3), ("sst2", 10, False, "clean", 0.86, 0.3),
+                ("sst2", 4, False, "induced_instruction", 0.99, 1.0),  # never enters the choice
+                ("hate", 4, False, "clean", 0.50, 1.0), ("hate", 4, True, "clean", 0.60, 0.2),
+                ("hate", 10, False, "clean", 0.52, 1.0), ("hate", 10, True, "clean", 0.70, 0.2)]]
+    choice = lora_depth.choose(rows, tolerance=0.01)
+    assert choice["lora_layers"] == 10 and choice["balanced_datasets"] == ["hate"]
+    assert lora_depth.choose(rows, tolerance=0.1)["lora_layers"] == 4  # within tolerance: the cheaper depth
+
+
+def test_quick_profile_holds_the_committed_validation_choice():
+    committed = data.PROJECT_DIR / "results" / "bench" / "raw" / "lora_depth_quick.json"
+    choice = json.loads(committed.read_text())["choice"]
+    quick = profiles.get_profile("quick")
+    assert quick.train.lora_layers == choice["lora_layers"]
+    assert sorted(quick.balanced_datasets) == choice["balanced_datasets"]
