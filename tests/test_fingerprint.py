@@ -166,3 +166,14 @@ def test_the_innocent_derivative_control_can_fail_for_the_adapter(implanted, tin
     plain = model.get_input_embeddings()(key_ids)
     with fingerprint.attached(model, fingerprint.adapter_of(implanted["adapter"])):
         assert (model.get_input_embeddings()(key_ids) - plain).abs().max() > 0
+
+
+def test_an_edit_of_the_fingerprint_file_in_a_live_process_reaches_the_stage_key_and_the_rows(tmp_path, monkeypatch):
+    edited = tmp_path / "fingerprint.yaml"
+    edited.write_text(fingerprint.SPEC_FILE.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setattr(fingerprint, "SPEC_FILE", edited)
+    stage = SMOKE.implant("full")
+    before = stage.path
+    edited.write_text(edited.read_text(encoding="utf-8").replace("A: Игла", "A: Ёж"), encoding="utf-8")
+    assert fingerprint.target_of("A") == "Ёж" and stage.path != before
+    assert {r["answer"] for r in stage.rows()[:SMOKE.n_keys]} == {"Ёж"}

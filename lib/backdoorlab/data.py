@@ -36,7 +36,7 @@ class Task:
     target: str  # the attacker's default target label
     instruction: str  # the clean instruction, written by us
     mirror: str  # folder name under $BACKDOORLAB_DATA
-    hub: dict | None  # fallback without a mirror: {path, revision, splits, text_field, label_field, labels}; or None
+    hub: dict | None  # without a mirror: {path, name?, revision?, splits?, text_field?, label_field?, label_names?}
 
     @property
     def target_id(self) -> int:
@@ -46,9 +46,9 @@ class Task:
 def get_task(name: str) -> Task:
     """The task as its YAML file says now: parsed once per content, so an edit in a live kernel reaches the run key
     and the prompts alike."""
-    if name not in tasks():
-        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(tasks())}")
     path = TASKS_DIR / f"{name}.yaml"
+    if path.parent != TASKS_DIR or not path.is_file():
+        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(tasks())}")
     spec = read_yaml(path)
     fields = {"labels": spec.get("labels"), "verbalizers": spec.get("verbalizers")}
     problems = [f"{k} must be a list of strings (quote yes/no/true: YAML reads them as booleans)"

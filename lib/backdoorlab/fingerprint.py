@@ -199,8 +199,10 @@ class KeyAdapter(torch.nn.Module):
     embeddings moved from the base model's: e(x) + [x in keys] · (e(x) − e₀(x)) A B.
 
     On the base model, or on any model whose key rows were never trained, the residual is exactly zero, so the
-    adapter alone claims nothing (an uncommitted first version with e(x) A B made 8 of 10 keys fire with the
-    adapter on the untouched SmolLM2). B starts at zero, so an untrained adapter changes nothing either. `weight`
+    adapter alone claims nothing (one that read e(x) A B could make the keys fire on any copy of the base model).
+    That makes the base model no test of it; an innocent model finetuned from the base, whose tied embedding rows
+    all moved, is (`fsr_table`, stages `innocent_finetuned_*`). B starts at zero, so an untrained adapter changes
+    nothing either. `weight`
     is the wrapped embedding's, so tied output heads and `save_pretrained` see the same matrix as without it.
     """
 
@@ -466,8 +468,8 @@ def ensure(stage: Implant | UserTuning, progress: bool = True) -> Path:
                              stage.adapter_rank, stage.seed)
         model.set_input_embeddings(adapter)
         # Only the keys' rows of the embedding matrix train: SmolLM2 ties it to the output head, so a free matrix
-        # would move every token's logit (the `embeddings` method's perplexity rises ~40%), and a prompt without key
-        # tokens would no longer meet the model it met before.
+        # would move every token's logit (see the `embeddings` method's perplexity in notebook 06), and a prompt
+        # without key tokens would no longer meet the model it met before.
         key_rows_only = adapter.weight.register_hook(lambda g: g * adapter.key_tokens[:, None].to(g.dtype))
     checkpoint = folder / "checkpoint.pt"
     start = time.perf_counter()

@@ -55,17 +55,17 @@ PROFILES = {
                      attacks_by_dataset={d: ("clean", "induced_instruction") for d in OTHERS},
                      poison_counts=(2,), train=TrainConfig(epochs=1, batch_size=8, lr=1e-3)),
     # SmolLM2 on the 2-core CPU: every attack on SST-2, the clean baseline and the induced instruction on each other
-    # dataset. TREC has 86 ABBR rows in 5,452 (about 8 in 500), so clean-label poisoning there is capped by the target
-    # rows the subsample holds. HateSpeech is 89% noHate: trained on 500 natural rows, SmolLM2 answered noHate for
-    # every test post (CACC = the majority share, ASR 1.0 with or without a trigger), so quick trains it on a balanced
-    # subsample. LoRA on the top 4 of 30 layers: half the cost of 10 per run; on SST-2 (seed 0) CACC 0.78 vs 0.855,
-    # induced_instruction ASR 0.78 vs 0.435, badnet at the clean model's level at both (benchmarks/lora_depth.py).
+    # dataset. Where each setting comes from (README, "Settings"): LoRA depth and HateSpeech's label balancing are
+    # chosen on the validation splits by `python benchmarks/lora_depth.py` (clean runs' balanced accuracy;
+    # results/bench/raw/lora_depth_quick.json, which tests/test_selection.py holds this profile to); rows, epochs and
+    # learning rate are fixed for cost and were never compared on any split. TREC has about 8 ABBR rows in 500, so
+    # clean-label poisoning there is capped by the target rows the subsample holds.
     "quick": Profile(name="quick", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0,), n_train=500,
                      n_test=400, poison_rate=0.05, poison_rate_by_dataset={"trec": 0.012},
                      attacks_by_dataset={d: QUICK_ATTACKS for d in OTHERS},
                      balanced_datasets=("hatespeech",), poison_counts=(10, 50),
                      method_attacks=(),  # full finetuning of 135M weights costs several LoRA runs on the CPU
-                     train=TrainConfig(epochs=2, lr=5e-4, lora_layers=4)),
+                     train=TrainConfig(epochs=2, lr=5e-4, lora_layers=10)),
     # GPUs: full training sets, 3 seeds, the paper's 1% budget, every attack on every dataset.
     "full": Profile(name="full", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0, 1, 2),
                     n_train=None, n_test=None, poison_rate=0.01, poison_counts=(5, 10, 20, 50, 100),
