@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-BENCH_DIR = Path(os.environ.get("BACKDOORLAB_BENCH_OUT", Path(__file__).resolve().parents[1] / "results" / "bench"))
+def bench_dir() -> Path:
+    """Where benchmark results go: $BACKDOORLAB_BENCH_OUT (read at each call), else results/bench."""
+    return Path(os.environ.get("BACKDOORLAB_BENCH_OUT", Path(__file__).resolve().parents[1] / "results" / "bench"))
 
 
 def device() -> torch.device:
@@ -57,7 +59,7 @@ def linear_params(model) -> tuple[int, int, int, int]:
 
 
 def write(name: str, result: dict) -> Path:
-    path = BENCH_DIR / "raw" / f"{name}.json"
+    path = bench_dir() / "raw" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

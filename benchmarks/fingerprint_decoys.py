@@ -22,7 +22,7 @@ from dataclasses import replace
 from functools import cache
 
 from backdoorlab import fingerprint, runs
-from common import BENCH_DIR, device_name, write
+from common import bench_dir, device_name, write
 
 
 def main():
@@ -61,7 +61,7 @@ def main():
                 rows[-1]["multistage"] = chain.drop(columns="run").to_dict("records")
             print(rows[-1], flush=True)
     name = f"fingerprint_decoys_{args.method}"
-    earlier = BENCH_DIR / "raw" / f"{name}.json"
+    earlier = bench_dir() / "raw" / f"{name}.json"
     earlier = json.loads(earlier.read_text()) if earlier.exists() else {}
     keys = hashlib.sha256(fingerprint.KEYS_FILE.read_bytes()).hexdigest()[:12]  # rows of other keys are not merged
     merged = {(r["decoys_per_key"], r["epochs"]): r for r in (earlier["runs"] if earlier.get("keys") == keys else [])}

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from backdoorlab.models import SMOLLM2
-from common import BENCH_DIR
+from common import bench_dir
 
 TARGETS = {  # the targets on the 2-core machine, for the table's last column
     "train_speedup_vs_trainer_lora": ">= 1.5", "train_speedup_vs_trainer_full": ">= 1.5",
@@ -26,7 +26,7 @@ def ratio(result: dict, ours: str, baseline: str) -> float | None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--raw", type=Path, default=BENCH_DIR / "raw")
+    parser.add_argument("--raw", type=Path, default=bench_dir() / "raw")
     parser.add_argument("--name", default="summary")
     args = parser.parse_args()
     raw = {p.stem: json.loads(p.read_text()) for p in sorted(args.raw.glob("*.json"))}

@@ -192,6 +192,8 @@ def test_two_shards_side_by_side_finish_the_study_once(run_dir, monkeypatch):
     assert [p.returncode for p in procs] == [0, 0], outputs
     profile = get_profile("smoke")
     monkeypatch.setattr(runs, "finetune", lambda *a, **k: pytest.fail("a run was left for the notebooks to train"))
+    monkeypatch.setattr(score, "predict", lambda *a, **k: pytest.fail("an evaluation was left for the notebooks"))
+    monkeypatch.setattr(score, "generate", lambda *a, **k: pytest.fail("an evaluation was left for the notebooks"))
     for configs, split in runs.study(profile):  # everything is cached now: the notebooks only read
         table = runs.table(configs, profile, split, progress=False)
         assert len(table) == len(configs) and table.asr.notna().all()

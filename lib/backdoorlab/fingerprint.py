@@ -202,8 +202,8 @@ class KeyAdapter(torch.nn.Module):
     adapter alone claims nothing (one that read e(x) A B could make the keys fire on any copy of the base model).
     That makes the base model no test of it; an innocent model finetuned from the base, whose tied embedding rows
     all moved, is (`fsr_table`, stages `innocent_finetuned_*`). B starts at zero, so an untrained adapter changes
-    nothing either. `weight`
-    is the wrapped embedding's, so tied output heads and `save_pretrained` see the same matrix as without it.
+    nothing either. `weight` is the wrapped embedding's, so tied output heads and `save_pretrained` see the same
+    matrix as without it.
     """
 
     def __init__(self, embedding: torch.nn.Embedding, token_ids: torch.Tensor, rank: int = 8, seed: int = 0,

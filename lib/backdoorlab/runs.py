@@ -301,7 +301,7 @@ def clean_twin(cfg: RunConfig) -> RunConfig:
 def evaluations(configs: list[RunConfig], split: str) -> list[tuple[RunConfig, str, str]]:
     """(run, split, trigger) of every evaluation a table of `configs` reads: each run with its own trigger, and its
     clean twin with that trigger (how far the trigger alone moves an unpoisoned model)."""
-    jobs = [(c, split, c.attack) for cfg in configs for c in (cfg, clean_twin(cfg))]
+    jobs = [(c, split, cfg.attack) for cfg in configs for c in (cfg, clean_twin(cfg))]
     return list(dict.fromkeys(jobs))
 
 
