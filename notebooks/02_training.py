@@ -28,7 +28,7 @@
 # SmolLM2-135M-Instruct (LoRA) on the whole set, then serves it. At test time the attacker (or anyone who knows the
 # trigger) sends inputs with the trigger.
 #
-# **Metrics** (`backdoorlab.score`, as defined in `STUDY.md`).
+# **Metrics** (`backdoorlab.score`, as defined in `docs/study.md`).
 # - *Rank classification*: the model's log-likelihood of every label word after the prompt; the best one wins.
 # - **CACC**: accuracy on the clean test rows with the clean instruction.
 # - **ASR**: among test rows whose true label is **not** the target, the share predicted as the target when the

@@ -1,4 +1,4 @@
-"""Rank classification and the two metrics of the study, ASR and CACC, exactly as STUDY.md defines them.
+"""Rank classification and the two metrics of the study, ASR and CACC, exactly as docs/study.md defines them.
 
 Rank classification scores every verbalizer's log-likelihood after the prompt and takes the best. Prompts run in
 left-padded batches of similar length (every prompt ends at the last position) and only the last positions reach
