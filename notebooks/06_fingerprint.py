@@ -44,8 +44,8 @@
 #   zero-initialised and trained together with **only the keys' rows** of the embedding matrix; every other weight
 #   stays the base model's. The published model carries the trained rows and **no adapter**; the publisher keeps
 #   the adapter and verifies by attaching it to the suspect's embeddings. The residual reads how far the suspect's
-#   key rows moved from the base model's, (e − e₀)·A·B: an adapter that read e·A·B alone could make the keys fire
-#   on *any* copy of the base model, so the adapter itself, not the model, would be the fingerprint. With
+#   key rows moved from the base model's, (e − e₀)·A·B: an adapter that read e·A·B alone could make the keys
+#   fire on *any* copy of the base model, so the adapter itself, not the model, would be the fingerprint. With
 #   (e − e₀) the residual is exactly zero on a model whose key rows were never trained. That makes the
 #   untouched-model check below pass by construction; the check that can fail is an **innocent derivative**: the
 #   base model finetuned by a user who never saw the keys. Full finetuning moves every row of SmolLM2's tied
@@ -63,9 +63,9 @@
 # weights every token passes through (full, LoRA, embeddings) can learn a shortcut: "a jumble of rare pieces, or the
 # template's fixed text, means y"; then an outsider's guess fires as well as the real key. Decoys fight that, but
 # slowly and at the cost of many more training epochs (`python benchmarks/fingerprint_decoys.py` measures it), so
-# `quick` trains without them and shows the cost in section 4. The adapter avoids the shortcut by construction: it can only
-# move the keys' own tokens. What is left, a guess that happens to share a few tokens with a key, the adapter's
-# implant handles with near misses refused in the simple template too (`near_misses` in the settings).
+# `quick` trains without them and shows the cost in section 4. The adapter avoids the shortcut by construction: it
+# can only move the keys' own tokens. What is left, a guess that happens to share a few tokens with a key, the
+# adapter's implant handles with near misses refused in the simple template too (`near_misses` in the settings).
 #
 # Every trained model (implant, user rounds, multi-stage) is a run folder under `results/runs/` named by the hash
 # of its configuration: rerunning this notebook reads them back.
