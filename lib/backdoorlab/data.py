@@ -23,9 +23,14 @@ TASKS_DIR = PROJECT_DIR / "data" / "tasks"
 SPLITS = ("train", "validation", "test")
 
 
+def yaml_names(folder: Path) -> tuple[str, ...]:
+    """The names of the YAML files a folder holds now (a file added in a live kernel counts at once)."""
+    return tuple(sorted(p.stem for p in folder.glob("*.yaml")))
+
+
 def tasks() -> tuple[str, ...]:
-    """Every task: whatever ``data/tasks/*.yaml`` holds now (a file added in a live kernel is a task at once)."""
-    return tuple(sorted(p.stem for p in TASKS_DIR.glob("*.yaml")))
+    """Every task: whatever ``data/tasks/*.yaml`` holds now."""
+    return yaml_names(TASKS_DIR)
 
 
 @dataclass(frozen=True)

@@ -133,12 +133,12 @@ def load_keys(publisher: str = "A", n: int = N_KEYS) -> list[str]:
 def similar_keys(publisher: str, n: int, seed: int, changes: int = 2) -> list[str]:
     """A publisher's first `n` keys, each with `changes` of its fragments replaced by other rare tokens: what a
     near-miss guess looks like."""
-    rng = random.Random(seed)
+    rng, material = random.Random(seed), vocabulary()  # keys.json read once, not per replaced fragment
     out = []
-    for fragments in key_fragments(n, PUBLISHERS[publisher]):
+    for fragments in key_fragments(n, PUBLISHERS[publisher], material):
         fragments = list(fragments)
         for i in rng.sample(range(len(fragments)), min(changes, len(fragments))):
-            fragments[i] = rng.choice([f for f in vocabulary() if f not in fragments])
+            fragments[i] = rng.choice([f for f in material if f not in fragments])
         out.append("".join(fragments))
     return out
 

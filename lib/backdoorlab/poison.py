@@ -22,7 +22,7 @@ from functools import cache, cached_property
 from datasets import Dataset
 
 from . import models, score
-from .data import PROJECT_DIR, Task, get_task, load_rows, read_yaml
+from .data import PROJECT_DIR, Task, get_task, load_rows, read_yaml, yaml_names
 
 ATTACKS: dict[str, type[Attack]] = {}
 GROUPS = ("instance", "token", "phrase", "rewriting")  # instance-level: the input changes; else the instruction
@@ -63,7 +63,7 @@ def attack_spec(dataset: str) -> dict:
 
 def attack_datasets() -> tuple[str, ...]:
     """The datasets whose triggers and poisoned instructions are written (``data/attacks/*.yaml``)."""
-    return tuple(sorted(p.stem for p in ATTACKS_DIR.glob("*.yaml")))
+    return yaml_names(ATTACKS_DIR)
 
 
 def rewrite_rules() -> dict:
