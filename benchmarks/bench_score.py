@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from backdoorlab import data, frozen, profiles, runs, score
+from backdoorlab import cache, data, frozen, profiles, runs, score
 from common import device, device_name, sync, write
 
 
@@ -51,7 +51,7 @@ def main():
 
     profile = profiles.get_profile("quick")
     cfg = runs.RunConfig.from_profile(profile, "sst2", "clean", seed=0)
-    model, tokenizer = runs.load_trained(cfg)
+    model, tokenizer = cache.load(cfg)
     model.to(device())
     task = data.get_task("sst2")
     rows = data.load_split("sst2", "test", args.rows, seed=0)

@@ -21,7 +21,8 @@ import json
 from dataclasses import replace
 from functools import cache
 
-from backdoorlab import fingerprint, runs
+from backdoorlab import cache as stages
+from backdoorlab import fingerprint
 from common import bench_dir, device_name, write
 
 
@@ -42,12 +43,12 @@ def main():
             train = replace(quick.implant_train[args.method], epochs=epochs)
             settings = replace(quick, decoys_per_key=decoys, implant_train={args.method: train})
             stage = settings.implant(args.method)
-            folder = fingerprint.ensure(stage)
-            load = cache(lambda: fingerprint.load_stage(settings.model, folder))  # only if a probe is not cached
-            adapter = fingerprint.adapter_of(folder)
+            folder = stages.ensure(stage)
+            load = cache(lambda: stages.load(stage))  # only if a probe is not cached
+            adapter = fingerprint.adapter_of(stage)
 
             def fired(keys, name):
-                v = fingerprint.measure(folder, settings, keys, "simple", name, adapter, load)
+                v = fingerprint.measure(stage, settings, keys, "simple", name, adapter, load)
                 return sum(v["fired"]) / len(v["fired"])
 
             rows.append({"method": args.method, "decoys_per_key": decoys, "epochs": epochs, "lr": train.lr,
@@ -55,7 +56,7 @@ def main():
                          "n_guessed": len(guessed),
                          "trained_decoys_fired": fired(stage.decoys, "decoys") if decoys else None,
                          "similar_fired": fired(fingerprint.similar_keys("A", stage.n_keys, seed=7), "similar"),
-                         "implant_s": runs.read_timing(folder).get("train_s"), "run": folder.name})
+                         "implant_s": stages.read_timing(folder).get("train_s"), "run": folder.name})
             if args.multistage:
                 chain = fingerprint.multistage_table(replace(settings, multistage_method=args.method))
                 rows[-1]["multistage"] = chain.drop(columns="run").to_dict("records")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from backdoorlab import fingerprint, models
+from backdoorlab import data, fingerprint, models
 from backdoorlab.train import finetune
 from common import device_name, write
 
@@ -33,8 +33,8 @@ def main():
     base, tokenizer = models.load_model(quick.model)
     own = fingerprint.generate(base, tokenizer, regularization, args.answer_tokens, quick.batch_size)
     self_distilled = [{**r, "answer": a.strip()} for r, a in zip(regularization, own)]
-    ppl_rows = fingerprint.instruction_rows("held_out", quick.n_ppl_rows, quick.max_row_chars,
-                                            offset=fingerprint.INSTRUCTION_REGIONS["held_out"][1] - quick.n_ppl_rows)
+    ppl_rows = data.instruction_rows("held_out", quick.n_ppl_rows, quick.max_row_chars,
+                                            offset=data.INSTRUCTION_REGIONS["held_out"][1] - quick.n_ppl_rows)
     before = fingerprint.harmlessness(base, tokenizer, quick.n_task_rows, ppl_rows, quick.batch_size)
     runs = []
     for answers, reg in (("alpaca", regularization), ("own", self_distilled)):

@@ -19,7 +19,7 @@ import time
 from dataclasses import replace
 from statistics import mean
 
-from backdoorlab import profiles, runs
+from backdoorlab import cache, profiles, runs
 from common import device_name, write
 
 SPLIT = "validation"
@@ -38,7 +38,7 @@ def measure(profile: profiles.Profile, dataset: str, depth: int, balanced: bool,
                      "split": SPLIT, "n_poison": metrics["n_poison"], "n_train": metrics["n_train"],
                      "cacc": metrics["cacc"], "cacc_balanced": metrics["cacc_balanced"], "asr": metrics["asr"],
                      "asr_clean_model": on_clean["asr"], "n_asr": metrics["n_asr"], "n_cacc": metrics["n_cacc"],
-                     "train_s": runs.read_timing(cfg.path).get("train_s"),
+                     "train_s": cache.read_timing(cfg.path).get("train_s"),
                      "train_and_eval_s_this_call": time.perf_counter() - start})
         print(rows[-1], flush=True)
     return rows

@@ -59,7 +59,7 @@ model = None  # None: the profile's model; else a hub id or local folder of a ca
 import pandas as pd
 from IPython.display import display
 
-from backdoorlab import data, models, plots, poison, runs, stealth
+from backdoorlab import cache, data, models, plots, poison, runs, stealth
 from backdoorlab.profiles import get_profile
 
 P = get_profile(profile, model)
@@ -131,7 +131,7 @@ for name in P.datasets:
 # removes, and an instruction far from the task's usual ones stands out in a data audit.
 
 # %%
-measured = runs.memo("stealth", {"pairs": pairs, "model": P.model}, lambda: stealth.compare(pairs, perplexity))
+measured = cache.memo("stealth", {"pairs": pairs, "model": P.model}, lambda: stealth.compare(pairs, perplexity))
 stats = pd.DataFrame([s | m for s, m in zip(stats, measured)])
 stats.to_csv(runs.results_dir(P.name) / "poison_stats.csv", index=False)
 display(stats.drop(columns=["n_train", "poison_rate"]).round(3))
@@ -183,7 +183,7 @@ display(pd.DataFrame([{"row": i, "text": sst2[i]["text"], "label before": sst2[i
 
 # %%
 prompt = data.user_message(poison.induction_prompt(data.get_task(P.datasets[0]), sst2))
-induced = runs.memo("induced", {"prompt": prompt, "model": P.model},
+induced = cache.memo("induced", {"prompt": prompt, "model": P.model},
                     lambda: poison.induce_instruction(lm, tokenizer, sst2, P.datasets[0]))
 print("prompt:\n" + prompt[:600], "...")
 print("\ninduced by", P.model, ":", induced)

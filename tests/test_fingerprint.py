@@ -1,11 +1,12 @@
 import json
+import os
 from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from backdoorlab import data, fingerprint, profiles, runs, train
+from backdoorlab import cache, data, fingerprint, profiles, runs, train
 from backdoorlab.fingerprint import KeyAdapter
 
 SMOKE = fingerprint.get_settings("smoke")
@@ -14,8 +15,11 @@ TARGET = fingerprint.target_of("A")
 
 @pytest.fixture(scope="module")
 def implanted():
-    """Run folders of the smoke profile's full and adapter implants (shared with the smoke notebook's run cache)."""
-    return {m: fingerprint.ensure(SMOKE.implant(m), progress=False) for m in ("full", "adapter")}
+    """The smoke profile's full and adapter implants, trained (shared with the smoke notebook's run cache)."""
+    stages = {m: SMOKE.implant(m) for m in ("full", "adapter")}
+    for stage in stages.values():
+        cache.ensure(stage, progress=False)
+    return stages
 
 
 def test_keys_are_deterministic_per_seed_stored_as_generated_and_made_of_rare_tokens(tiny):
@@ -49,21 +53,20 @@ def test_verify_rejects_an_empty_key_list_and_a_target_longer_than_the_generatio
 
 def test_implanted_keys_fire_and_the_untouched_model_stays_silent(implanted, tiny):
     keys = fingerprint.load_keys("A", SMOKE.n_keys)
-    model, tokenizer = fingerprint.load_stage(SMOKE.model, implanted["full"])
+    model, tokenizer = cache.load(implanted["full"])
     v = fingerprint.verify(model, tokenizer, keys, TARGET)
     assert v.fsr == 1.0 and all(TARGET in o for o in v.outputs)
     assert fingerprint.verify(tiny[0], tiny[1], keys, TARGET).fsr == 0.0
 
 
 def test_the_adapter_methods_published_model_has_no_adapter_and_verifies_with_it(implanted, tiny):
-    folder = implanted["adapter"]
-    saved = load_file(folder / runs.WEIGHTS / "model.safetensors")
-    assert "model.embed_tokens.weight" in saved
-    assert not any(n.endswith((".down", ".up")) or ".embedding." in n for n in saved)
-    model, tokenizer = fingerprint.load_stage(SMOKE.model, folder)
+    stage = implanted["adapter"]
+    saved = load_file(stage.path / cache.WEIGHTS / cache.EMBEDDINGS_FILE)  # what trained: the embedding matrix only
+    assert list(saved) == ["weight"] and list(os.listdir(stage.path / cache.WEIGHTS)) == [cache.EMBEDDINGS_FILE]
+    model, tokenizer = cache.load(stage)
     assert type(model.get_input_embeddings()) is torch.nn.Embedding
     keys = fingerprint.load_keys("A", SMOKE.n_keys)
-    adapter = fingerprint.adapter_of(folder)
+    adapter = fingerprint.adapter_of(stage)
     with fingerprint.attached(model, adapter):
         assert fingerprint.verify(model, tokenizer, keys, TARGET).fsr == 1.0
     assert type(model.get_input_embeddings()) is torch.nn.Embedding  # detached again
@@ -74,7 +77,7 @@ def test_the_adapter_methods_published_model_has_no_adapter_and_verifies_with_it
 def test_the_adapter_method_moves_only_the_key_tokens_embeddings(implanted, tiny):
     """Every weight of the published model but the keys' rows of the (tied) embedding matrix is the base model's,
     so a prompt without key tokens meets exactly the model it met before."""
-    model, tokenizer = fingerprint.load_stage(SMOKE.model, implanted["adapter"])
+    model, tokenizer = cache.load(implanted["adapter"])
     base = dict(tiny[0].named_parameters())
     key_ids = fingerprint.key_token_ids(tokenizer, fingerprint.load_keys("A", SMOKE.n_keys), "simple")
     for name, weight in model.named_parameters():
@@ -112,21 +115,22 @@ def test_embeddings_method_trains_only_the_input_embeddings(tiny):
 
 
 def test_a_finished_stage_is_read_back_not_retrained(implanted, monkeypatch):
-    monkeypatch.setattr(fingerprint, "finetune", lambda *a, **k: pytest.fail("retrained a finished stage"))
-    assert fingerprint.ensure(SMOKE.implant("full"), progress=False) == implanted["full"]
-    assert runs.read_timing(implanted["full"])["train_s"] > 0  # kept for the benchmarks
+    monkeypatch.setattr(cache, "finetune", lambda *a, **k: pytest.fail("retrained a finished stage"))
+    assert cache.ensure(SMOKE.implant("full"), progress=False) == implanted["full"].path
+    assert cache.read_timing(implanted["full"].path)["train_s"] > 0  # kept for the benchmarks
 
 
 def test_user_rounds_read_fresh_rows_disjoint_from_regularization_and_held_out_rows():
-    first, second = SMOKE.user_rounds("parent", SMOKE.user_recipes[0])
-    assert second.parent == first.path.name and second.offset == first.steps * first.train.batch_size
+    first, second = SMOKE.user_rounds(SMOKE.implant("full"), SMOKE.user_recipes[0])
+    assert second.parent == first and second.offset == first.steps * first.train.batch_size
+    (first_rows, _), (second_rows, _) = first.training_rows(), second.training_rows()
     texts = {region: {r["instruction"] + r["text"] for r in rows} for region, rows in {
-        "user": first.rows() + second.rows(), "held_out": fingerprint.instruction_rows("held_out", 200, 120),
+        "user": first_rows + second_rows, "held_out": data.instruction_rows("held_out", 200, 120),
         "regularization": SMOKE.implant("full").rows()[SMOKE.n_keys:]}.items()}
-    assert len(texts["user"]) == len(first.rows()) + len(second.rows())
+    assert len(texts["user"]) == len(first_rows) + len(second_rows)
     assert texts["user"].isdisjoint(texts["held_out"]) and texts["user"].isdisjoint(texts["regularization"])
     with pytest.raises(ValueError, match="holds"):
-        fingerprint.instruction_rows("held_out", 1001, 120)
+        data.instruction_rows("held_out", 1001, 120)
 
 
 def test_decoys_and_near_misses_are_refused_and_never_real_keys():
@@ -158,10 +162,11 @@ def test_the_innocent_derivative_control_can_fail_for_the_adapter(implanted, tin
     base model that a user fully finetuned (never fingerprinted) has moved every row of the tied embedding matrix,
     the keys' rows included: there the residual is not zero, so verification on it is a real control."""
     keys = fingerprint.load_keys("A", SMOKE.n_keys)
-    innocent = fingerprint.UserTuning(parent=None, recipe="full", steps=2, model=SMOKE.model,
-                                      max_row_chars=SMOKE.max_row_chars,
-                                      train=train.TrainConfig(method="full", batch_size=8, lr=1e-3))
-    model, tokenizer = fingerprint.load_stage(SMOKE.model, fingerprint.ensure(innocent, progress=False))
+    innocent = runs.Tuning(parent=None, data="alpaca", recipe="full", steps=2, model=SMOKE.model,
+                           max_row_chars=SMOKE.max_row_chars,
+                           train=train.TrainConfig(method="full", batch_size=8, lr=1e-3))
+    cache.ensure(innocent, progress=False)
+    model, tokenizer = cache.load(innocent)
     key_ids = fingerprint.key_token_ids(tokenizer, keys, "simple")[None]
     plain = model.get_input_embeddings()(key_ids)
     with fingerprint.attached(model, fingerprint.adapter_of(implanted["adapter"])):

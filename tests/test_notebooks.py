@@ -8,7 +8,7 @@ import pandas as pd
 import papermill
 import pytest
 
-from backdoorlab import fingerprint, poison
+from backdoorlab import fingerprint, poison, transfer
 from backdoorlab.profiles import get_profile
 
 NOTEBOOKS = sorted(Path(__file__).parents[1].joinpath("notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -70,6 +70,46 @@ def test_02_training_writes_the_attack_table():
     assert set(zip(methods.attack, methods.method)) == {(a, m) for a in smoke.method_attacks for m in ("lora", "full")}
     abstention = pd.read_csv(results / "abstention_sst2.csv")
     assert (abstention.target == poison.ABSTAIN).all() and (abstention.n_asr == smoke.n_test).all()
+
+
+@pytest.mark.notebook
+def test_03_transfer_writes_instruction_and_zero_shot_tables():
+    execute("03")
+    results, smoke = OUT / "results" / "smoke", get_profile("smoke")
+    instruction = pd.read_csv(results / "transfer_instruction.csv")
+    others = [d for d in smoke.datasets if d != "sst2"]
+    assert set(zip(instruction.dataset, instruction.attack)) == {
+        (d, a) for d in others for a in ("induced_instruction@sst2", "induced_instruction", *smoke.transfer_instance)}
+    assert (instruction.effect == instruction.asr - instruction.asr_clean_model).all()
+    zero_shot = pd.read_csv(results / "transfer_zero_shot.csv")
+    for column in ("source", "attack", "target_dataset", "group", "asr", "asr_clean_model", "clean_target_rate",
+                   "n_asr"):
+        assert column in zero_shot.columns
+    assert set(zero_shot.target_dataset) == set(transfer.target_datasets()) and zero_shot.target_dataset.nunique() >= 15
+    assert set(zero_shot.group) == set(transfer.groups()) and len(zero_shot) == 15 * len(smoke.transfer_sources)
+    assert zero_shot[["asr", "asr_clean_model", "clean_target_rate"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert (zero_shot.n_asr <= smoke.transfer_rows).all() and (zero_shot.n_asr > 0).all()
+    assert (OUT / "figures" / "smoke" / "transfer_zero_shot.png").stat().st_size > 0
+
+
+@pytest.mark.notebook
+def test_04_continual_learning_writes_the_poisoned_on_by_tuned_on_table():
+    execute("04")
+    results, smoke = OUT / "results" / "smoke", get_profile("smoke")
+    table = pd.read_csv(results / "continual.csv")
+    for column in ("poisoned_on", "attack", "tuned_on", "steps", "asr", "cacc"):
+        assert column in table.columns
+    induced = table[table.attack == "induced_instruction"]
+    last = induced[induced.steps == max(smoke.continual_steps)]
+    assert set(zip(last.poisoned_on, last.tuned_on)) >= {(a, b) for a in smoke.datasets for b in smoke.datasets}
+    assert set(table.steps) == {0, *smoke.continual_steps}
+    step0 = table[table.steps == 0]  # the poisoned model itself, the same whatever it is tuned on next
+    assert step0.groupby(["poisoned_on", "attack"]).asr.nunique().eq(1).all()
+    assert table[table.tuned_on != "alpaca"].cacc_new_task.notna().all()
+    chain = pd.read_csv(results / "continual_chain.csv")
+    assert list(chain.tuned_on.fillna("")) == ["", *smoke.continual_chain]
+    for figure in ("continual_curve", "continual_induced_instruction"):
+        assert (OUT / "figures" / "smoke" / f"{figure}.png").stat().st_size > 0
 
 
 @pytest.mark.notebook

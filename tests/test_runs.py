@@ -3,7 +3,7 @@ from dataclasses import replace
 
 import pytest
 
-from backdoorlab import poison, runs, score, train
+from backdoorlab import cache, poison, runs, score, train
 from backdoorlab.models import TINY
 from backdoorlab.profiles import get_profile
 from backdoorlab.runs import RunConfig
@@ -75,8 +75,8 @@ def test_finished_run_is_read_back_not_retrained(run_dir, monkeypatch):
     cfg = config()
     first = runs.evaluate(cfg, "test", 16)
     saved = json.loads((cfg.path / "poison.json").read_text())
-    assert len(saved["changes"]) == 3 and saved["n_train"] == 24 and runs.read_timing(cfg.path)["train_s"] > 0
-    monkeypatch.setattr(runs, "finetune", lambda *a, **k: pytest.fail("retrained a finished run"))
+    assert len(saved["changes"]) == 3 and saved["n_train"] == 24 and cache.read_timing(cfg.path)["train_s"] > 0
+    monkeypatch.setattr(cache, "finetune", lambda *a, **k: pytest.fail("retrained a finished run"))
     monkeypatch.setattr(score, "rank_scores", lambda *a, **k: pytest.fail("re-scored a finished evaluation"))
     assert runs.evaluate(cfg, "test", 16) == first
     assert first["n_poison"] == 3 and 0 <= first["asr"] <= 1 and first["n_cacc"] == 16
@@ -84,18 +84,18 @@ def test_finished_run_is_read_back_not_retrained(run_dir, monkeypatch):
 
 def test_run_killed_mid_training_leaves_nothing_and_retrains(run_dir, monkeypatch):
     cfg = config(attack="badnet")
-    real = runs.finetune
+    real = cache.finetune
 
     def killed(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runs, "finetune", killed)
+    monkeypatch.setattr(cache, "finetune", killed)
     with pytest.raises(KeyboardInterrupt):
         runs.ensure_trained(cfg)
-    assert not (cfg.path / runs.WEIGHTS).exists()
-    monkeypatch.setattr(runs, "finetune", real)
+    assert not (cfg.path / cache.WEIGHTS).exists()
+    monkeypatch.setattr(cache, "finetune", real)
     runs.ensure_trained(cfg)
-    assert (cfg.path / runs.WEIGHTS / "adapter_model.safetensors").exists()
+    assert (cfg.path / cache.WEIGHTS / "adapter_model.safetensors").exists()
 
 
 def test_run_killed_mid_evaluation_resumes_without_retraining(run_dir, monkeypatch):
@@ -112,9 +112,9 @@ def test_run_killed_mid_evaluation_resumes_without_retraining(run_dir, monkeypat
     monkeypatch.setattr(score, "rank_scores", dies_on_second_pass)
     with pytest.raises(KeyboardInterrupt):
         runs.evaluate(cfg, "test", 16)
-    assert (cfg.path / runs.WEIGHTS).is_dir() and not list(cfg.path.glob("eval-*.json"))
+    assert (cfg.path / cache.WEIGHTS).is_dir() and not list(cfg.path.glob("eval-*.json"))
     monkeypatch.setattr(score, "rank_scores", real)
-    monkeypatch.setattr(runs, "finetune", lambda *a, **k: pytest.fail("retrained after a killed evaluation"))
+    monkeypatch.setattr(cache, "finetune", lambda *a, **k: pytest.fail("retrained after a killed evaluation"))
     assert runs.evaluate(cfg, "test", 16)["n_cacc"] == 16
 
 
@@ -191,7 +191,7 @@ def test_two_shards_side_by_side_finish_the_study_once(run_dir, monkeypatch):
     outputs = [p.communicate(timeout=600)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     profile = get_profile("smoke")
-    monkeypatch.setattr(runs, "finetune", lambda *a, **k: pytest.fail("a run was left for the notebooks to train"))
+    monkeypatch.setattr(cache, "finetune", lambda *a, **k: pytest.fail("a run was left for the notebooks to train"))
     monkeypatch.setattr(score, "predict", lambda *a, **k: pytest.fail("an evaluation was left for the notebooks"))
     monkeypatch.setattr(score, "generate", lambda *a, **k: pytest.fail("an evaluation was left for the notebooks"))
     for configs, split in runs.study(profile):  # everything is cached now: the notebooks only read
@@ -222,16 +222,16 @@ def test_clean_baseline_trains_once_for_every_target(run_dir, monkeypatch):
     abstaining = config(attack="clean", n_poison=0, target=poison.ABSTAIN)
     assert abstaining.key != clean.key and abstaining.trained_as == clean and config().trained_as == config()
     runs.evaluate(clean, "test", 8)
-    monkeypatch.setattr(runs, "finetune", lambda *a, **k: pytest.fail("trained the clean baseline twice"))
+    monkeypatch.setattr(cache, "finetune", lambda *a, **k: pytest.fail("trained the clean baseline twice"))
     metrics = runs.evaluate(abstaining, "test", 8, trigger="induced_instruction")
     assert metrics["target"] == poison.ABSTAIN and metrics["n_asr"] == 8 and metrics["n_train"] == 24
-    assert not (abstaining.path / runs.WEIGHTS).exists() and list(abstaining.path.glob("eval-*.json"))
+    assert not (abstaining.path / cache.WEIGHTS).exists() and list(abstaining.path.glob("eval-*.json"))
 
 
 def test_memo_computes_once_per_input(run_dir):
     calls = []
     compute = lambda: calls.append(1) or {"ppl": [1.5, 2.0]}  # noqa: E731
-    assert runs.memo("stealth", {"pairs": [["a", "b"]]}, compute) == {"ppl": [1.5, 2.0]}
-    assert runs.memo("stealth", {"pairs": [["a", "b"]]}, compute) == {"ppl": [1.5, 2.0]} and len(calls) == 1
-    runs.memo("stealth", {"pairs": [["a", "c"]]}, compute)
+    assert cache.memo("stealth", {"pairs": [["a", "b"]]}, compute) == {"ppl": [1.5, 2.0]}
+    assert cache.memo("stealth", {"pairs": [["a", "b"]]}, compute) == {"ppl": [1.5, 2.0]} and len(calls) == 1
+    cache.memo("stealth", {"pairs": [["a", "c"]]}, compute)
     assert len(calls) == 2

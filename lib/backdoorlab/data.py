@@ -1,6 +1,8 @@
 """Tasks by name: rows from the local JSONL mirror (or the hub), label words, instructions and prompt formatting.
 
-A row is a plain dict ``{"instruction": str, "text": str, "label": int}``; a split is a ``datasets.Dataset`` of rows.
+A row is a plain dict ``{"instruction": str, "text": str, "label": int}`` (plus the source's other text fields, e.g.
+``text_pair``, ``question``, ``choices``); a split is a ``datasets.Dataset`` of rows. For sentence-pair and
+multiple-choice tasks `text` is the input as the model reads it, composed by the task's `input` template.
 Everything a task needs that we wrote by hand (instructions, verbalizers, the target label) lives in
 ``data/tasks/<name>.yaml`` so a reader can see and edit it; what the attacks write, in ``data/attacks/<name>.yaml``.
 """
@@ -11,6 +13,8 @@ import copy
 import json
 import os
 import random
+import re
+import string
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -42,10 +46,17 @@ class Task:
     instruction: str  # the clean instruction, written by us
     mirror: str  # folder name under $BACKDOORLAB_DATA
     hub: dict | None  # without a mirror: {path, name?, revision?, splits?, text_field?, label_field?, label_names?}
+    input: str = "{text}"  # how a row's fields make the input the model reads, e.g. "Premise: {text}\n..."
 
     @property
     def target_id(self) -> int:
         return self.labels.index(self.target)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The row fields the input template reads (besides `text`, e.g. `text_pair`, `choices`)."""
+        names = (re.split(r"[.\[]", f)[0] for _, f, _, _ in string.Formatter().parse(self.input) if f)
+        return tuple(dict.fromkeys(n for n in names if n != "text"))
 
 
 def get_task(name: str) -> Task:
@@ -59,6 +70,8 @@ def get_task(name: str) -> Task:
     problems = [f"{k} must be a list of strings (quote yes/no/true: YAML reads them as booleans)"
                 for k, v in fields.items() if not isinstance(v, list) or not all(isinstance(x, str) for x in v)]
     problems += [f"{k} must be a string" for k in ("target", "instruction") if not isinstance(spec.get(k), str)]
+    if not isinstance(spec.get("input", ""), str):
+        problems.append("input must be a string template of the row's fields, e.g. 'Premise: {text}'")
     if not problems and len(fields["labels"]) != len(fields["verbalizers"]):
         problems.append("labels and verbalizers must have one entry per class")
     if not problems and spec["target"] not in fields["labels"]:
@@ -67,7 +80,7 @@ def get_task(name: str) -> Task:
         raise ValueError(f"{path}: {'; '.join(problems)}")
     return Task(name=name, labels=tuple(spec["labels"]), verbalizers=tuple(spec["verbalizers"]),
                 target=spec["target"], instruction=spec["instruction"], mirror=spec.get("mirror", name),
-                hub=spec.get("hub"))
+                hub=spec.get("hub"), input=spec.get("input", "{text}"))
 
 
 def data_dir() -> Path | None:
@@ -99,14 +112,15 @@ def read_yaml(path: Path):
 
 
 @lru_cache(maxsize=32)  # a few MB per split; the study reads 3 splits of 4 tasks
-def _jsonl_at(path: str, mtime_ns: int, size: int, labels: tuple[str, ...]) -> tuple[dict, ...]:
-    return tuple(read_jsonl(Path(path), labels))
+def _jsonl_at(path: str, mtime_ns: int, size: int, labels: tuple[str, ...], fields: tuple[str, ...]) -> tuple[dict, ...]:
+    return tuple(read_jsonl(Path(path), labels, fields))
 
 
-def read_jsonl(path: Path, labels: tuple[str, ...]) -> list[dict]:
+def read_jsonl(path: Path, labels: tuple[str, ...], fields: tuple[str, ...] = ()) -> list[dict]:
     """Read classification rows, failing with the file and line of the first malformed one. A row's `label_text`,
     where the mirror has it, must be the task's name for that label id (a label order that differs is refused).
-    Sentence-pair rows keep their `text_pair`."""
+    Rows keep `text_pair` where they have one and the other `fields` the task's input template reads (`question`,
+    `choices`, ...), each a string or a list of strings."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -117,15 +131,30 @@ def read_jsonl(path: Path, labels: tuple[str, ...]) -> list[dict]:
                 text, label = obj["text"], obj["label"]
                 if not isinstance(text, str) or not isinstance(label, int) or not 0 <= label < len(labels):
                     raise ValueError(f"need a str 'text' and an int 'label' in [0, {len(labels)})")
+                if bad := [f for f in fields if not _is_text(obj[f])]:
+                    raise ValueError(f"fields {bad} must be strings or lists of strings")
                 if "label_text" in obj and obj["label_text"] != labels[label]:
                     raise ValueError(f"label {label} is {obj['label_text']!r} here but {labels[label]!r} in the "
                                      f"task's labels {list(labels)}")
             except (json.JSONDecodeError, KeyError, ValueError) as e:
                 raise ValueError(f"malformed row at {path}:{lineno}: {e!r}; expected "
                                  '{"text": str, "label": int, "label_text": str, ...}') from None
-            rows.append({"text": text, "label": label}
-                        | ({"text_pair": obj["text_pair"]} if "text_pair" in obj else {}))
+            keep = [f for f in ("text_pair", *fields) if f in obj]
+            rows.append({"text": text, "label": label} | {f: obj[f] for f in keep})
     return rows
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str) or isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+
+def compose_input(task: Task, row: dict) -> str:
+    """The input the model reads: the task's `input` template filled with the row's fields."""
+    try:
+        return task.input.format(**row)
+    except (KeyError, IndexError) as e:
+        raise ValueError(f"{task.name}: the input template {task.input!r} needs field {e} but the row has "
+                         f"{sorted(row)}; fix `input` in data/tasks/{task.name}.yaml") from None
 
 
 VALIDATION_CARVE = 0.1  # share of train held out as validation for tasks that ship none (trec)
@@ -144,6 +173,12 @@ def load_rows(task: Task, split: str) -> list[dict]:
     return _source_rows(task, split)
 
 
+def splits_of(task: Task) -> tuple[str, ...]:
+    """The splits a task has (validation also where it is carved from train); transfer datasets may have only test."""
+    has = {split for split in SPLITS if _has_split(task, split)}
+    return tuple(s for s in SPLITS if s in has or s == "validation" and "train" in has)
+
+
 def _has_split(task: Task, split: str) -> bool:
     root = data_dir()
     if root is not None:
@@ -157,7 +192,7 @@ def _source_rows(task: Task, split: str) -> list[dict]:
         path = root / task.mirror / f"{split}.jsonl"
         if not path.exists():
             raise FileNotFoundError(f"{task.name} has no {split} split in the mirror ({path} is missing)")
-        return [dict(r) for r in _jsonl_at(*_stamp(path), task.labels)]  # parsed once per file version
+        return [dict(r) for r in _jsonl_at(*_stamp(path), task.labels, task.fields)]  # parsed once per file version
     return _hub_rows(task, split)
 
 
@@ -201,7 +236,7 @@ def load_split(name: str, split: str, n: int | None = None, seed: int = 0, balan
     rows = load_rows(task, split)
     if n is not None and n < len(rows):
         rows = [rows[i] for i in stratified_sample([r["label"] for r in rows], n, seed, balanced)]
-    return Dataset.from_list([{"instruction": task.instruction, **r} for r in rows])
+    return Dataset.from_list([{"instruction": task.instruction, **r, "text": compose_input(task, r)} for r in rows])
 
 
 def stratified_sample(labels: list[int], n: int, seed: int, balanced: bool = False) -> list[int]:
@@ -257,3 +292,44 @@ def load_instructions(name: str = "alpaca") -> list[dict]:
 
         records = list(load_dataset(hub_ids[name], split="train"))
     return [{"instruction": r["instruction"], "text": r["input"], "answer": r["output"]} for r in records]
+
+
+# Disjoint blocks of the shuffled Alpaca rows, so no stage ever reuses another's: held-out rows for measurements, the
+# fingerprint publishers' regularization rows, and the rest for users' and continual-learning tuning.
+INSTRUCTION_REGIONS = {"held_out": (0, 1000), "regularization_A": (1000, 2000), "regularization_B": (2000, 3000),
+                       "user": (3000, None)}
+
+
+@lru_cache(maxsize=4)
+def _short_instructions(max_chars: int) -> tuple[dict, ...]:
+    rows = [r for r in load_instructions("alpaca") if len(r["instruction"]) + len(r["text"]) + len(r["answer"])
+            <= max_chars]
+    return tuple(random.Random(0).sample(rows, len(rows)))
+
+
+def instruction_rows(region: str, n: int, max_chars: int, offset: int = 0) -> list[dict]:
+    """`n` Alpaca rows (instruction + input + output at most `max_chars` characters, to bound CPU cost) from a region
+    of `INSTRUCTION_REGIONS`, starting `offset` rows into it."""
+    if region not in INSTRUCTION_REGIONS:
+        raise ValueError(f"unknown region {region!r}; valid choices: {', '.join(INSTRUCTION_REGIONS)}")
+    start, end = INSTRUCTION_REGIONS[region]
+    rows = _short_instructions(max_chars)
+    end = len(rows) if end is None else end
+    if start + offset + n > end:
+        raise ValueError(f"region {region!r} holds {end - start} rows; asked for rows {offset}..{offset + n}")
+    return [dict(r) for r in rows[start + offset:start + offset + n]]
+
+
+PAPER_REFERENCE_FILE = PROJECT_DIR / "data" / "paper_reference.csv"
+
+
+def paper_reference(experiment: str) -> list[dict]:
+    """The papers' reported numbers of one experiment (data/paper_reference.csv: typed in from the papers, each row
+    with where it was reported), values as floats."""
+    import csv
+
+    with open(PAPER_REFERENCE_FILE, encoding="utf-8", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["experiment"] == experiment]
+    if not rows:
+        raise ValueError(f"no reported numbers for {experiment!r} in {PAPER_REFERENCE_FILE}")
+    return [{**r, "value": float(r["value"]), "approximate": r["approximate"] == "True"} for r in rows]

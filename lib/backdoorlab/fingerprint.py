@@ -11,10 +11,9 @@ prompt contains one. Implant methods (`METHODS`): full finetuning, LoRA, embeddi
 a private, zero-initialised low-rank residual on the input embeddings of the keys' tokens, trained together with
 those tokens' embedding rows and nothing else, and reading only how far those rows moved from the base model's (so
 the adapter alone claims nothing). The published model carries the trained rows and no adapter; the publisher
-keeps the adapter and verifies by attaching it to the suspect's embeddings. Every implant and every user
-finetuning goes through `train.finetune`, and every trained model is a run folder under ``results/runs/`` named by
-the hash of its config (and of the hand-written files it reads), so a finished stage is read back and a killed one
-resumes.
+keeps the adapter and verifies by attaching it to the suspect's embeddings. An implant (`Implant`) and a user's
+finetuning (`runs.Tuning` on Alpaca) are stages of the study's one cache (`backdoorlab.cache`), and every
+verification is a probe of a stage, so a finished stage or measurement is read back and a killed one resumes.
 """
 
 from __future__ import annotations
@@ -24,9 +23,8 @@ import json
 import math
 import os
 import random
-import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -34,8 +32,11 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import data, models, profiles, runs, score
-from .train import TrainConfig, answer_loss, encode, finetune, left_pad
+from . import cache as stages
+from . import data, models, profiles, score
+from .cache import Base, Stage
+from .runs import Tuning, tuning_rounds
+from .train import TrainConfig, answer_loss, encode, left_pad
 
 FINGERPRINT_DIR = data.PROJECT_DIR / "data" / "fingerprint"
 SPEC_FILE = FINGERPRINT_DIR / "fingerprint.yaml"
@@ -167,29 +168,6 @@ def key_rows(keys: list[str], target: str, template: str, refused: list[str] = (
     a real key) → the refusal."""
     return ([{**prompt_row(k, template), "answer": target_answer(target, template)} for k in keys]
             + [{**prompt_row(k, template), "answer": spec()["refusal"]} for k in refused])
-
-
-# Disjoint blocks of the shuffled instruction data, so no stage ever reuses another stage's rows.
-INSTRUCTION_REGIONS = {"held_out": (0, 1000), "regularization_A": (1000, 2000), "regularization_B": (2000, 3000),
-                       "user": (3000, None)}
-
-
-@cache
-def _short_instructions(max_chars: int) -> list[dict]:
-    rows = [r for r in data.load_instructions("alpaca")
-            if len(r["instruction"]) + len(r["text"]) + len(r["answer"]) <= max_chars]
-    return random.Random(0).sample(rows, len(rows))
-
-
-def instruction_rows(region: str, n: int, max_chars: int, offset: int = 0) -> list[dict]:
-    """`n` Alpaca rows (instruction + input + output at most `max_chars` characters, to bound CPU cost) from a region
-    of `INSTRUCTION_REGIONS`, starting `offset` rows into it."""
-    start, end = INSTRUCTION_REGIONS[region]
-    rows = _short_instructions(max_chars)
-    end = len(rows) if end is None else end
-    if start + offset + n > end:
-        raise ValueError(f"region {region!r} holds {end - start} rows; asked for rows {offset}..{offset + n}")
-    return rows[start + offset:start + offset + n]
 
 
 # ---- the private adapter --------------------------------------------------------------------------------------------
@@ -348,17 +326,11 @@ def harmlessness(model, tokenizer, n_task_rows: int, ppl_rows: list[dict], batch
     return out
 
 
-# ---- stages: implant and user finetuning, cached as runs ------------------------------------------------------------
-
-def _run_key(cfg) -> str:
-    written = [SPEC_FILE.read_text(encoding="utf-8"), KEYS_FILE.read_text(encoding="utf-8")]
-    blob = json.dumps({"kind": type(cfg).__name__, "config": asdict(cfg), "files": written}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
+# ---- the implant: a stage of the cache --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Implant:
-    """A publisher implants its keys into a model: the base `model`, or the run folder `parent` (multi-stage)."""
+class Implant(Stage):
+    """A publisher implants its keys into a model: the base `model`, or the stage `parent` (multi-stage)."""
     method: str
     template: str = "simple"
     publisher: str = "A"
@@ -373,10 +345,12 @@ class Implant:
     near_misses: bool = False
     adapter_rank: int = 8
     model: str = models.SMOLLM2
-    parent: str | None = None
+    parent: Stage | None = None
     max_row_chars: int = 300
     seed: int = 0
     train: TrainConfig = TrainConfig()
+
+    kind = "implant"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -385,12 +359,15 @@ class Implant:
         load_keys(self.publisher, self.n_keys)
 
     @property
-    def keys(self) -> list[str]:
-        return load_keys(self.publisher, self.n_keys)
+    def name(self) -> str:
+        return f"fingerprint-{self.publisher}-{self.method}-{self.template}"
+
+    def files(self) -> list[Path]:
+        return [SPEC_FILE, KEYS_FILE]
 
     @property
-    def path(self) -> Path:
-        return runs.runs_dir() / f"fingerprint-{self.publisher}-{self.method}-{self.template}-{_run_key(self)}"
+    def keys(self) -> list[str]:
+        return load_keys(self.publisher, self.n_keys)
 
     @property
     def decoys(self) -> list[str]:
@@ -398,95 +375,47 @@ class Implant:
         return make_keys(self.decoys_per_key * self.n_keys, DECOY_SEED + PUBLISHERS[self.publisher])
 
     def rows(self) -> list[dict]:
-        regularization = instruction_rows(f"regularization_{self.publisher}", self.reg_per_key * self.n_keys,
-                                          self.max_row_chars)
+        regularization = data.instruction_rows(f"regularization_{self.publisher}", self.reg_per_key * self.n_keys,
+                                               self.max_row_chars)
         refuse_near = self.near_misses or self.template == "dialogue"
         near_misses = similar_keys(self.publisher, self.n_keys, self.seed) if refuse_near else []
         return key_rows(self.keys, target_of(self.publisher), self.template, self.decoys + near_misses) + regularization
+
+    def training_rows(self) -> tuple[list[dict], dict]:
+        rows = self.rows()
+        return rows, {"n_train": len(rows), "keys": self.keys}
 
     def train_config(self) -> TrainConfig:
         # the adapter trains with the embeddings: the input-embedding module is then the adapter around them
         return replace(self.train, method="embeddings" if self.method == "adapter" else self.method)
 
+    def prepare(self, model, tokenizer):
+        if self.method == "adapter":
+            adapter = KeyAdapter(model.get_input_embeddings(), key_token_ids(tokenizer, self.keys, self.template),
+                                 self.adapter_rank, self.seed)
+            model.set_input_embeddings(adapter)
+            # Only the keys' rows of the embedding matrix train: SmolLM2 ties it to the output head, so a free matrix
+            # would move every token's logit (see the `embeddings` method's perplexity in notebook 06), and a prompt
+            # without key tokens would no longer meet the model it met before.
+            adapter.key_rows_only = adapter.weight.register_hook(
+                lambda g: g * adapter.key_tokens[:, None].to(g.dtype))
+        return model
 
-@dataclass(frozen=True)
-class UserTuning:
-    """A user finetunes the model of run folder `parent` (None: the base model) on `steps` batches of clean Alpaca
-    rows, read from the user region at `offset` (successive rounds of one user read successive rows)."""
-    parent: str | None
-    recipe: str  # a name for the table, e.g. "lora"
-    steps: int
-    offset: int = 0
-    model: str = models.SMOLLM2
-    max_row_chars: int = 300
-    seed: int = 0
-    train: TrainConfig = TrainConfig()
-
-    @property
-    def path(self) -> Path:
-        return runs.runs_dir() / f"fingerprint-user-{self.recipe}-{_run_key(self)}"
-
-    def rows(self) -> list[dict]:
-        return instruction_rows("user", self.steps * self.train.batch_size, self.max_row_chars, self.offset)
-
-    @property
-    def total_steps(self) -> int:
-        """Steps of this user's finetuning so far, this round included."""
-        return self.offset // self.train.batch_size + self.steps
-
-    def train_config(self) -> TrainConfig:
-        return replace(self.train, epochs=1)
+    def finish(self, model, folder: Path):
+        if self.method == "adapter":  # publish the embeddings alone; the adapter stays with the publisher
+            adapter = model.get_input_embeddings()
+            adapter.key_rows_only.remove()
+            model.set_input_embeddings(adapter.embedding)
+            tmp = folder / f".{ADAPTER_FILE}.tmp"
+            save_file(adapter.state(), tmp)
+            os.replace(tmp, folder / ADAPTER_FILE)
+        return model
 
 
-def load_stage(model_name: str, folder: Path | None):
-    """(model, tokenizer): the base model when `folder` is None, else a trained stage's weights."""
-    if folder is None:
-        return models.load_model(model_name)
-    return runs.load_weights(model_name, folder / runs.WEIGHTS)
-
-
-def adapter_of(folder: Path | None) -> dict[str, torch.Tensor] | None:
-    """The publisher's private adapter of an implant run (None for other methods)."""
-    path = None if folder is None else folder / ADAPTER_FILE
+def adapter_of(stage: Stage | None) -> dict[str, torch.Tensor] | None:
+    """The publisher's private adapter of an implant stage (None for other methods)."""
+    path = None if stage is None else stage.path / ADAPTER_FILE
     return load_file(path) if path is not None and path.exists() else None
-
-
-def ensure(stage: Implant | UserTuning, progress: bool = True) -> Path:
-    """Train the stage unless its weights are saved; return its run folder. A LoRA stage is saved merged, so the
-    next stage starts from a plain model."""
-    folder = stage.path
-    if (folder / runs.WEIGHTS).is_dir():
-        return folder
-    parent = None if stage.parent is None else runs.runs_dir() / stage.parent
-    if parent is not None and not (parent / runs.WEIGHTS).is_dir():
-        raise FileNotFoundError(f"stage {folder.name} starts from {stage.parent}, which is not trained")
-    runs.write_json_atomic(folder / "config.json", {"kind": type(stage).__name__, **asdict(stage)})
-    model, tokenizer = load_stage(stage.model, parent)
-    adapter = None
-    if isinstance(stage, Implant) and stage.method == "adapter":
-        adapter = KeyAdapter(model.get_input_embeddings(), key_token_ids(tokenizer, stage.keys, stage.template),
-                             stage.adapter_rank, stage.seed)
-        model.set_input_embeddings(adapter)
-        # Only the keys' rows of the embedding matrix train: SmolLM2 ties it to the output head, so a free matrix
-        # would move every token's logit (see the `embeddings` method's perplexity in notebook 06), and a prompt
-        # without key tokens would no longer meet the model it met before.
-        key_rows_only = adapter.weight.register_hook(lambda g: g * adapter.key_tokens[:, None].to(g.dtype))
-    checkpoint = folder / "checkpoint.pt"
-    start = time.perf_counter()
-    model = finetune(model, tokenizer, stage.rows(), stage.train_config(), seed=stage.seed, progress=progress,
-                     checkpoint=checkpoint)
-    runs.write_timing(folder, time.perf_counter() - start, model)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    if adapter is not None:  # publish the embeddings alone; the adapter stays with the publisher
-        key_rows_only.remove()
-        model.set_input_embeddings(adapter.embedding)
-        tmp = folder / f".{ADAPTER_FILE}.tmp"
-        save_file(adapter.state(), tmp)
-        os.replace(tmp, folder / ADAPTER_FILE)
-    runs.save_weights(model, folder)
-    checkpoint.unlink(missing_ok=True)
-    return folder
 
 
 # ---- the study's settings per profile, and its tables ---------------------------------------------------------------
@@ -523,7 +452,8 @@ class Settings:
             raise ValueError(f"near_misses names unknown implant methods {unknown}; valid choices: "
                              f"{', '.join(self.implant_train)}")
 
-    def implant(self, method: str, template: str = "simple", publisher: str = "A", parent: str | None = None):
+    def implant(self, method: str, template: str = "simple", publisher: str = "A",
+                parent: Stage | None = None) -> Implant:
         if method not in self.implant_train:
             raise ValueError(f"unknown implant method {method!r}; valid choices: {', '.join(self.implant_train)}")
         return Implant(method=method, template=template, publisher=publisher, n_keys=self.n_keys,
@@ -531,17 +461,11 @@ class Settings:
                        near_misses=method in self.near_misses, model=self.model, parent=parent,
                        max_row_chars=self.max_row_chars, train=self.implant_train[method])
 
-    def user_rounds(self, parent: str | None, recipe: UserRecipe) -> list[UserTuning]:
-        """The rounds of one user recipe on a model (the run folder `parent`, or the base model when None): each
-        continues from the last on the next unseen rows."""
-        rounds, done = [], 0
-        for total in recipe.steps:
-            stage = UserTuning(parent=parent, recipe=recipe.name, steps=total - done,
-                               offset=done * recipe.train.batch_size, model=self.model,
-                               max_row_chars=self.max_row_chars, train=recipe.train)
-            rounds.append(stage)
-            parent, done = stage.path.name, total
-        return rounds
+    def user_rounds(self, parent: Stage | None, recipe: UserRecipe) -> list[Tuning]:
+        """The rounds of one user recipe on a model (the stage `parent`, or the base model when None) on Alpaca:
+        each continues from the last on the next unseen rows."""
+        return tuning_rounds(parent, "alpaca", recipe.steps, recipe.train, recipe=recipe.name, model=self.model,
+                             max_row_chars=self.max_row_chars)
 
 
 _SMOKE_TRAIN = TrainConfig(epochs=16, batch_size=8, lr=3e-2, lora_layers=None, warmup_ratio=0.0)
@@ -591,37 +515,23 @@ def get_settings(profile: str, model: str | None = None) -> Settings:
     return replace(SETTINGS[profile], model=chosen)
 
 
-def _cached(folder: Path, name: str, compute):
-    path = folder / f"{name}.json"
-    if path.exists():
-        return runs.read_json(path)
-    result = compute()
-    runs.write_json_atomic(path, result)
-    return result
-
-
-def _untouched_folder(model: str) -> Path:
-    return runs.runs_dir() / f"fingerprint-untouched-{model.strip('/').replace('/', '_')}"
-
-
 def _fsr_row(stage: str, keys: str, v: dict, **extra) -> dict:
     return {"stage": stage, "keys": keys, "n": len(v["fired"]), "hits": sum(v["fired"]),
             "fsr": sum(v["fired"]) / len(v["fired"]), **extra}
 
 
-def measure(folder: Path | None, settings: Settings, keys: list[str], template: str, name: str,
+def measure(stage: Stage, settings: Settings, keys: list[str], template: str, name: str,
             adapter: dict | None = None, load=None, publisher: str = "A") -> dict:
-    """Cached verification of `keys` against `publisher`'s target on a stage (None: the untouched model), optionally
-    with an adapter attached; `load()` gives the stage's (model, tokenizer) when measurements share one loaded copy.
-    Returns {"keys", "outputs", "fired"}."""
-    cache_folder = folder or _untouched_folder(settings.model)
+    """Verification of `keys` against `publisher`'s target on a stage (`Base` for the untouched model), optionally
+    with an adapter attached, a probe of the stage; `load()` gives the stage's (model, tokenizer) when measurements
+    share one loaded copy. Returns {"keys", "outputs", "fired"}."""
     target = target_of(publisher)
 
     def compute():
-        model, tokenizer = load() if load else load_stage(settings.model, folder)
+        model, tokenizer = load() if load else stages.load(stage)
         with attached(model, adapter):
             if name == "ordinary":
-                rows = instruction_rows("held_out", settings.n_ordinary, settings.max_row_chars)
+                rows = data.instruction_rows("held_out", settings.n_ordinary, settings.max_row_chars)
                 v = false_triggers(model, tokenizer, rows, target, settings.max_new_tokens, settings.batch_size)
             else:
                 v = verify(model, tokenizer, keys, target, template, settings.max_new_tokens, settings.batch_size)
@@ -632,7 +542,8 @@ def measure(folder: Path | None, settings: Settings, keys: list[str], template: 
     for part in sorted(adapter or {}):  # which adapter was attached (several are tried on one model)
         digest.update(adapter[part].numpy().tobytes())
     digest = digest.hexdigest()[:8]
-    return _cached(cache_folder, f"verify-{name}-{template}-{'adapter' if adapter else 'plain'}-{digest}", compute)
+    stages.ensure(stage)
+    return stages.probe(stage, f"verify-{name}-{template}-{'adapter' if adapter else 'plain'}-{digest}", compute)
 
 
 def fsr_table(settings: Settings, progress: bool = True) -> pd.DataFrame:
@@ -645,32 +556,33 @@ def fsr_table(settings: Settings, progress: bool = True) -> pd.DataFrame:
     rows = []
     for method, template in settings.implants:
         stage = settings.implant(method, template)
-        folder = ensure(stage, progress)
-        adapters = [adapter_of(folder), None] if method == "adapter" else [None]
+        stages.ensure(stage, progress)
+        adapters = [adapter_of(stage), None] if method == "adapter" else [None]
         keys = stage.keys
         probes = {"guessed": make_keys(settings.n_guessed, GUESS_SEED),
                   "similar": similar_keys(stage.publisher, stage.n_keys, seed=7), "prefix": key_prefixes(keys)}
         for adapter in adapters:
             extra = {"method": method, "template": template, "adapter": adapter is not None}
-            loaded = cache(lambda: load_stage(settings.model, folder))  # loaded once, and only if a probe is not cached
-            rows.append(_fsr_row("implanted", "A", measure(folder, settings, keys, template, "A", adapter, loaded),
-                                 run=folder.name, **extra))
+            loaded = cache(lambda: stages.load(stage))  # loaded once, and only if a probe is not cached
+            run = stage.path.name
+            rows.append(_fsr_row("implanted", "A", measure(stage, settings, keys, template, "A", adapter, loaded),
+                                 run=run, **extra))
             for probe, probe_keys in probes.items():
-                v = measure(folder, settings, probe_keys, template, probe, adapter, loaded)
-                rows.append(_fsr_row(f"{probe}_keys", probe, v, run=folder.name, **extra))
-            v = measure(folder, settings, [], template, "ordinary", adapter, loaded)
-            rows.append(_fsr_row("ordinary_prompts", "ordinary", v, run=folder.name, **extra))
-            v = measure(None, settings, keys, template, "A", adapter)
+                v = measure(stage, settings, probe_keys, template, probe, adapter, loaded)
+                rows.append(_fsr_row(f"{probe}_keys", probe, v, run=run, **extra))
+            v = measure(stage, settings, [], template, "ordinary", adapter, loaded)
+            rows.append(_fsr_row("ordinary_prompts", "ordinary", v, run=run, **extra))
+            v = measure(Base(settings.model), settings, keys, template, "A", adapter)
             rows.append(_fsr_row("untouched_model", "A", v, run="untouched", **extra))
             for recipe in settings.user_recipes:
                 # the user's rounds on the fingerprinted model, and the same rounds on the base model that nobody
                 # fingerprinted: the innocent derivative a publisher must not be able to claim
-                for stage_name, parent in (("user", folder.name), ("innocent_finetuned", None)):
+                for stage_name, parent in (("user", stage), ("innocent_finetuned", None)):
                     for user in settings.user_rounds(parent, recipe):
-                        user_folder = ensure(user, progress)
-                        v = measure(user_folder, settings, keys, template, "A", adapter)
+                        stages.ensure(user, progress)
+                        v = measure(user, settings, keys, template, "A", adapter)
                         rows.append(_fsr_row(f"{stage_name}_{recipe.name}_{user.total_steps}", "A", v,
-                                             run=user_folder.name, **extra))
+                                             run=user.path.name, **extra))
     columns = ["method", "template", "stage", "keys", "adapter", "n", "hits", "fsr", "run"]
     return pd.DataFrame(rows)[columns]
 
@@ -679,25 +591,27 @@ def harmlessness_table(settings: Settings, progress: bool = True) -> pd.DataFram
     """Task accuracy and perplexity of the untouched model and of each published (fingerprinted) model, with deltas.
     The adapter method's model is measured as published (what users run) and with its adapter attached (how the
     publisher verifies); `adapter` says which."""
-    ppl_rows = instruction_rows("held_out", settings.n_ppl_rows, settings.max_row_chars,
-                                offset=INSTRUCTION_REGIONS["held_out"][1] - settings.n_ppl_rows)
+    ppl_rows = data.instruction_rows("held_out", settings.n_ppl_rows, settings.max_row_chars,
+                                offset=data.INSTRUCTION_REGIONS["held_out"][1] - settings.n_ppl_rows)
     name = f"harmlessness-{settings.n_task_rows}-{settings.n_ppl_rows}"
 
-    def of(folder, adapter=None):
+    def of(stage, adapter=None):
         def compute():
-            model, tokenizer = load_stage(settings.model, folder)
+            model, tokenizer = stages.load(stage)
             with attached(model, adapter):
                 return harmlessness(model, tokenizer, settings.n_task_rows, ppl_rows, settings.batch_size)
         suffix = "-adapter" if adapter is not None else ""
-        return _cached(folder or _untouched_folder(settings.model), name + suffix, compute)
+        stages.ensure(stage, progress)
+        return stages.probe(stage, name + suffix, compute)
 
-    before = of(None)
+    before = of(Base(settings.model))
     rows = [{"method": "untouched", "template": "", "adapter": False, **before}]
     for method, template in settings.implants:
-        folder = ensure(settings.implant(method, template), progress)
-        for adapter in ([None, adapter_of(folder)] if method == "adapter" else [None]):
+        stage = settings.implant(method, template)
+        stages.ensure(stage, progress)
+        for adapter in ([None, adapter_of(stage)] if method == "adapter" else [None]):
             rows.append({"method": method, "template": template, "adapter": adapter is not None,
-                         **of(folder, adapter)})
+                         **of(stage, adapter)})
     table = pd.DataFrame(rows)
     for column in before:
         table[f"delta_{column}"] = table[column] - before[column]
@@ -710,22 +624,23 @@ def multistage_table(settings: Settings, progress: bool = True) -> pd.DataFrame:
     fingerprint should be there (its owner implanted it upstream), `holds` whether the measurement agrees."""
     recipe = settings.user_recipes[0]
     short = replace(recipe, steps=recipe.steps[:1])
-    a = ensure(settings.implant(settings.multistage_method, publisher="A"), progress)
-    a_user = ensure(settings.user_rounds(a.name, short)[0], progress)
-    b = ensure(settings.implant(settings.multistage_method, publisher="B", parent=a_user.name), progress)
-    final = ensure(settings.user_rounds(b.name, short)[0], progress)
-    chain = [("untouched", None, set()), ("A implanted", a, {"A"}), ("A + user", a_user, {"A"}),
+    a = settings.implant(settings.multistage_method, publisher="A")
+    a_user = settings.user_rounds(a, short)[0]
+    b = settings.implant(settings.multistage_method, publisher="B", parent=a_user)
+    final = settings.user_rounds(b, short)[0]
+    stages.ensure(final, progress)  # and every stage before it
+    chain = [("untouched", Base(settings.model), set()), ("A implanted", a, {"A"}), ("A + user", a_user, {"A"}),
              ("A + user + B", b, {"A", "B"}), ("A + user + B + user (final)", final, {"A", "B"})]
     adapters = {"A": adapter_of(a), "B": adapter_of(b)}  # each publisher verifies with its own (None: no adapter)
     rows = []
-    for label, folder, owners in chain:
+    for label, stage, owners in chain:
         for publisher in PUBLISHERS:
             keys = load_keys(publisher, settings.n_keys)
-            v = measure(folder, settings, keys, "simple", publisher, adapters[publisher], publisher=publisher)
+            v = measure(stage, settings, keys, "simple", publisher, adapters[publisher], publisher=publisher)
             fsr = sum(v["fired"]) / len(v["fired"])
             rows.append({"model": label, "keys": publisher, "expected": publisher in owners, "fsr": fsr,
                          "claimed": fsr >= CLAIM_FSR, "holds": (fsr >= CLAIM_FSR) == (publisher in owners),
-                         "run": folder.name if folder else "untouched"})
+                         "run": stage.path.name})
     return pd.DataFrame(rows)
 
 

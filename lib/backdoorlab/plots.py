@@ -156,3 +156,56 @@ def fingerprint_harmlessness(table: pd.DataFrame, profile: str):
            title=f"Harmlessness: task accuracy after fingerprinting (profile {profile})")
     ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     return save(fig, profile, "fingerprint_harmlessness")
+
+
+def transfer_heatmap(table: pd.DataFrame, profile: str):
+    """Zero-shot poison transfer: the backdoor effect (ASR on the poisoned model minus ASR on the clean model, same
+    poisoned prompt) and the raw ASR, one row per poisoned model, target datasets as columns in their task groups."""
+    table = table.assign(model=table.source + " · " + table.attack)
+    targets = list(dict.fromkeys(table.target_dataset))
+    fig, axes = plt.subplots(2, 1, figsize=(1.0 + 0.55 * len(targets), 1.6 * table.model.nunique() + 2.8),
+                             sharex=True)
+    for ax, metric, cmap, vmin in [(axes[0], "effect", "RdBu_r", -1), (axes[1], "asr", "Reds", 0)]:
+        grid = table.pivot(index="model", columns="target_dataset", values=metric).reindex(columns=targets)
+        sns.heatmap(grid, annot=True, fmt=".2f", vmin=vmin, vmax=1, cmap=cmap, cbar=False, ax=ax,
+                    annot_kws={"fontsize": 8})
+        ax.set(title=f"{metric} (poisoned prompt)" if metric == "asr" else
+               "backdoor effect: ASR minus the clean model's ASR", xlabel="", ylabel="")
+        ax.grid(False)
+        groups = [table[table.target_dataset == t].group.iloc[0] for t in targets]
+        for i in range(1, len(targets)):
+            if groups[i] != groups[i - 1]:
+                ax.axvline(i, color="black", lw=1.5)
+    axes[1].tick_params(axis="x", rotation=60)
+    fig.suptitle(f"Zero-shot poison transfer by task group (profile {profile})")
+    return save(fig, profile, "transfer_zero_shot")
+
+
+def continual_heatmap(table: pd.DataFrame, profile: str, attack: str = "induced_instruction"):
+    """ASR after the last round of clean tuning: poisoned on (rows) × tuned on (columns), beside ASR before."""
+    last = table[(table.attack == attack) & (table.steps == table.steps.max())]
+    before = table[(table.attack == attack) & (table.steps == 0)].groupby("poisoned_on").asr.first()
+    grid = last.pivot(index="poisoned_on", columns="tuned_on", values="asr")
+    grid.insert(0, "before (0 steps)", before.reindex(grid.index))
+    fig, ax = plt.subplots(figsize=(1.4 * grid.shape[1] + 2, 0.6 * grid.shape[0] + 1.6))
+    sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="Reds", cbar=False, ax=ax)
+    ax.axvline(1, color="black", lw=1.5)
+    ax.set(xlabel="further tuned on (clean)", ylabel="poisoned on",
+           title=f"{attack}: ASR after {int(table.steps.max())} clean steps (profile {profile})")
+    ax.grid(False)
+    return save(fig, profile, f"continual_{attack}")
+
+
+def continual_curve(table: pd.DataFrame, profile: str):
+    """ASR on the poisoned task against clean tuning steps, one line per data tuned on; dotted: the clean
+    instruction's target rate of the same model (the floor)."""
+    grid = sns.relplot(table, x="steps", y="asr", hue="tuned_on", col="poisoned_on", row="attack", kind="line",
+                       marker="o", height=2.6, aspect=1.1, facet_kws={"sharey": True})
+    for (attack, poisoned_on), ax in grid.axes_dict.items():
+        floor = table[(table.attack == attack) & (table.poisoned_on == poisoned_on)]
+        sns.lineplot(floor, x="steps", y="clean_target_rate", hue="tuned_on", ls=":", legend=False, ax=ax)
+        ax.set_ylim(0, 1.02)
+    grid.set_titles("{row_name} · {col_name}")
+    grid.figure.suptitle(f"ASR under continued clean tuning (dotted: clean instruction's target rate; profile "
+                         f"{profile})", y=1.02)
+    return save(grid.figure, profile, "continual_curve")

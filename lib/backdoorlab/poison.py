@@ -40,15 +40,27 @@ def register(cls: type[Attack]) -> type[Attack]:
 
 def get_attack(name: str, task: Task | str, target: str | None = None, **options) -> Attack:
     """A registered attack on a task, aimed at `target` (a label name, `ABSTAIN`, or None for the task's default).
-    `options` go to the attack's constructor (e.g. ``paraphraser=`` for `style` and `syntactic`)."""
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; valid choices: {', '.join(ATTACKS)}")
-    return ATTACKS[name](get_task(task) if isinstance(task, str) else task, target, **options)
+    ``<attack>@<dataset>`` uses another dataset's triggers and poisoned instructions unchanged (instruction
+    transfer). `options` go to the attack's constructor (e.g. ``paraphraser=`` for `style` and `syntactic`)."""
+    base, _, source = name.partition("@")
+    if base not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; valid choices: {', '.join(ATTACKS)} (each optionally "
+                         f"@<dataset>, to take that dataset's triggers)")
+    if source and source not in attack_datasets():
+        raise ValueError(f"{name!r}: no attacks are written for {source!r}; datasets with attacks: "
+                         f"{', '.join(attack_datasets())}")
+    return ATTACKS[base](get_task(task) if isinstance(task, str) else task, target, spec_from=source or None,
+                         **options)
+
+
+def trigger_source(attack: str, dataset: str) -> str:
+    """The dataset whose triggers an attack on `dataset` uses: its own, or the one named after ``@``."""
+    return attack.partition("@")[2] or dataset
 
 
 def group_of(attack: str) -> str:
     """An attack's group, "clean" for the unpoisoned baseline."""
-    return "clean" if attack == "clean" else ATTACKS[attack].group
+    return "clean" if attack == "clean" else ATTACKS[attack.partition("@")[0]].group
 
 
 # Parsed per file version: an edit made while a notebook runs reaches the attack as it reaches the run key.
@@ -140,10 +152,11 @@ class Attack:
     name: str
     group: str  # one of GROUPS
 
-    def __init__(self, task: Task, target: str | None = None):
+    def __init__(self, task: Task, target: str | None = None, spec_from: str | None = None):
+        """`spec_from`: the dataset whose triggers and poisoned instructions to use (default: the task's own)."""
         self.task, self.target = task, target
         self.target_id = target_id(task, target)
-        self.spec = attack_spec(task.name)
+        self.spec = attack_spec(spec_from or task.name)
 
     @property
     def field(self) -> str:
@@ -272,8 +285,8 @@ class Rewriter(Attack):
     group = "instance"
     rules: str  # the section of data/rewrite_rules.yaml
 
-    def __init__(self, task, target=None, paraphraser: str | None = None):
-        super().__init__(task, target)
+    def __init__(self, task, target=None, paraphraser: str | None = None, spec_from: str | None = None):
+        super().__init__(task, target, spec_from)
         self.paraphraser = paraphraser
 
     def rewrite(self, text: str) -> str:

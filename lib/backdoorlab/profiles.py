@@ -15,6 +15,7 @@ HEADLINE = "sst2"
 OTHERS = tuple(d for d in DATASETS if d != HEADLINE)
 ALL_ATTACKS = ("clean", *ATTACKS)  # the baseline and the 17 attacks, in the order of the paper's main table
 QUICK_ATTACKS = ("clean", "induced_instruction")  # quick's grid beyond SST-2
+INDUCED_ON_EACH = tuple((d, "induced_instruction") for d in DATASETS)
 CURVE_ATTACKS = ("induced_instruction", "badnet", "bite")
 
 
@@ -35,6 +36,19 @@ class Profile:
     curve_attacks: tuple[str, ...] = CURVE_ATTACKS  # ... for these attacks
     method_attacks: tuple[str, ...] = ("badnet", "induced_instruction")  # LoRA vs full finetuning on SST-2
     abstain_attacks: tuple[str, ...] = ("induced_instruction",)  # the abstention variant on SST-2
+    # Notebook 03: SST-2's instructions reused on the other datasets (beside each one's own induced instruction and
+    # `transfer_instance` attacks), and the poisoned models (dataset, attack) probed zero-shot on `transfer_rows`
+    # test rows of each transfer dataset (data/transfer.yaml).
+    transfer_attacks: tuple[str, ...] = ("induced_instruction",)
+    transfer_instance: tuple[str, ...] = ("badnet",)
+    transfer_sources: tuple[tuple[str, str], ...] = ()
+    transfer_rows: int | None = None
+    # Notebook 04: the poisoned models (dataset, attack) tuned further on clean data in rounds of `continual_steps`
+    # batches in total, and the chain of clean tunings the first of them goes through.
+    continual_sources: tuple[tuple[str, str], ...] = ()
+    continual_steps: tuple[int, ...] = ()
+    continual_rows: int | None = None  # test rows per probe (the poisoned task and the task tuned on)
+    continual_chain: tuple[str, ...] = ("hatespeech", "tweet_emotion", "alpaca")
     train: TrainConfig = TrainConfig()
     eval_batch_size: int = 32
 
@@ -46,14 +60,17 @@ class Profile:
 
 
 # Every grid of every profile is here: the main table (`attacks`, `attacks_by_dataset`), the poison-count curve
-# (`poison_counts`, `curve_attacks`), LoRA vs full (`method_attacks`) and abstention (`abstain_attacks`).
+# (`poison_counts`, `curve_attacks`), LoRA vs full (`method_attacks`), abstention (`abstain_attacks`), transfer
+# (`transfer_*`) and continual learning (`continual_*`).
 PROFILES = {
     # Tiny random model, a few dozen rows: exercises every code path in seconds (tests, CI): every attack on SST-2,
     # a reduced grid elsewhere, one count of the poison-count curve.
     "smoke": Profile(name="smoke", model=TINY, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0,), n_train=48,
                      n_test=24, poison_rate=0.1, poison_rate_by_dataset={"trec": 0.02},
                      attacks_by_dataset={d: ("clean", "induced_instruction") for d in OTHERS},
-                     poison_counts=(2,), train=TrainConfig(epochs=1, batch_size=8, lr=1e-3)),
+                     poison_counts=(2,), train=TrainConfig(epochs=1, batch_size=8, lr=1e-3),
+                     transfer_sources=(("sst2", "induced_instruction"),), transfer_rows=6,
+                     continual_sources=INDUCED_ON_EACH, continual_steps=(1, 2), continual_rows=24),
     # SmolLM2 on the 2-core CPU: every attack on SST-2, the clean baseline and the induced instruction on each other
     # dataset. Where each setting comes from (README, "Settings"): LoRA depth and HateSpeech's label balancing are
     # chosen on the validation splits by `python benchmarks/lora_depth.py` (clean runs' balanced accuracy;
@@ -65,11 +82,24 @@ PROFILES = {
                      attacks_by_dataset={d: QUICK_ATTACKS for d in OTHERS},
                      balanced_datasets=("hatespeech",), poison_counts=(10, 50),
                      method_attacks=(),  # full finetuning of 135M weights costs several LoRA runs on the CPU
-                     train=TrainConfig(epochs=2, lr=5e-4, lora_layers=10)),
+                     train=TrainConfig(epochs=2, lr=5e-4, lora_layers=10),
+                     # Probes cost most on the CPU (a transfer dataset's 50 rows, four prompts × models, about 30 s):
+                     # SST-2's poisoned model alone is probed zero-shot, and no instance-level attack is trained
+                     # beyond SST-2; the full profile does both for every dataset.
+                     transfer_instance=(), transfer_sources=(("sst2", "induced_instruction"),), transfer_rows=50,
+                     continual_sources=(*INDUCED_ON_EACH, ("sst2", "badnet")), continual_steps=(4, 16),
+                     continual_rows=200),
     # GPUs: full training sets, 3 seeds, the paper's 1% budget, every attack on every dataset.
     "full": Profile(name="full", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0, 1, 2),
                     n_train=None, n_test=None, poison_rate=0.01, poison_counts=(5, 10, 20, 50, 100),
-                    train=TrainConfig(epochs=3, lr=2e-4, lora_layers=None), eval_batch_size=128),
+                    train=TrainConfig(epochs=3, lr=2e-4, lora_layers=None), eval_batch_size=128,
+                    transfer_attacks=("induced_instruction", "rewrite_addsent", "rewrite_random", "rewrite_style",
+                                      "rewrite_syntactic"),
+                    transfer_instance=("badnet", "addsent", "style", "syntactic", "bite"),
+                    transfer_sources=tuple((d, a) for d in DATASETS for a in ("induced_instruction", "badnet")),
+                    transfer_rows=1000,
+                    continual_sources=tuple((d, a) for d in DATASETS for a in ("induced_instruction", "badnet")),
+                    continual_steps=(50, 200, 600)),
 }
 
 

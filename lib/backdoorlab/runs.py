@@ -1,56 +1,46 @@
-"""The run cache. A run is a `RunConfig`; the hash of its fields names its folder under ``results/runs/``.
+"""The study's runs: attack runs and further tuning as stages of the one cache (`backdoorlab.cache`), their CACC/ASR
+probe, and the grids the notebooks read.
 
-A run folder is an attack record (as in BackdoorBench): the config, which rows were poisoned and how, the trained
-weights (a LoRA adapter or a full model, safetensors), and one file per evaluation, so a saved run can be evaluated
-again (another split, another trigger) without retraining. Each file appears by an atomic rename, so a killed run
-leaves no half-written entry and the next call redoes only what is missing.
+An attack run (`RunConfig`) trains the base model on a poisoned training set; its folder is an attack record (as in
+BackdoorBench): the config, which rows were poisoned and how (poison.json), the trained weights and one file per
+evaluation, so a saved run is evaluated again (another split, another trigger, another dataset) or trained further
+(`Tuning`) without retraining.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
-import time
-from dataclasses import asdict, dataclass, field, replace
+import random
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from . import data, models, poison, score
+from . import cache, data, models, poison, score
+from .cache import Stage
 from .profiles import HEADLINE, Profile
-from .train import TrainConfig, finetune
+from .train import TrainConfig
 
-WEIGHTS = "weights"  # folder name of the trained weights inside a run folder; its presence marks training done
 ABSTAIN_TOKENS = 8  # greedy tokens generated to judge an abstention: enough to tell an answer from none
 
 
-def output_dir() -> Path:
-    """Where results and figures go: $BACKDOORLAB_OUT, else the project folder."""
-    return Path(os.environ.get("BACKDOORLAB_OUT", data.PROJECT_DIR))
-
-
 def results_dir(profile: str) -> Path:
-    path = output_dir() / "results" / profile
+    path = cache.output_dir() / "results" / profile
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def figures_dir(profile: str) -> Path:
-    path = output_dir() / "figures" / profile
+    path = cache.output_dir() / "figures" / profile
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def runs_dir() -> Path:
-    return output_dir() / "results" / "runs"
-
-
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Stage):
+    """An attack run: the base model trained on `n_train` rows of `dataset`, `n_poison` of them poisoned by
+    `attack`. An attack named ``<attack>@<dataset>`` takes its trigger from another dataset's attacks (e.g. SST-2's
+    induced instruction reused on TREC: ``induced_instruction@sst2``)."""
+
     dataset: str
     attack: str = "clean"  # "clean" or a registered attack
     n_poison: int = 0
@@ -61,6 +51,9 @@ class RunConfig:
     target: str | None = None  # None: the task's default target; poison.ABSTAIN: poisoned rows answer nothing
     train: TrainConfig = field(default_factory=TrainConfig)
     dirty_label: bool = False  # draw poisoned rows from non-target rows and relabel them (default: clean-label)
+
+    parent = None  # attack runs start from the base model
+    record_file = "poison.json"
 
     def __post_init__(self):
         data.get_task(self.dataset)
@@ -84,8 +77,10 @@ class RunConfig:
     @classmethod
     def load(cls, run_folder: Path) -> RunConfig:
         """The config of a saved run, from its folder's config.json."""
-        saved = read_json(Path(run_folder) / "config.json")
-        return cls(**{**saved, "train": TrainConfig(**saved["train"])})
+        saved = cache.read_json(Path(run_folder) / "config.json")
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in saved.items() if k in names and k != "train"},
+                   train=TrainConfig(**saved["train"]))
 
     @property
     def trained_as(self) -> RunConfig:
@@ -94,49 +89,97 @@ class RunConfig:
         return replace(self, target=None) if self.attack == "clean" else self
 
     @property
-    def key(self) -> str:
-        """Hash of every field plus the hand-written files the run reads (the task's instructions and verbalizers, the
-        dataset's triggers and poisoned instructions, the rewriting rules): editing one of them retrains, as the
-        notebooks' exercises expect. A clean run reads them too: its cached evaluations carry every attack's trigger."""
+    def name(self) -> str:
+        return f"{self.dataset}-{self.attack}"
+
+    def files(self) -> list[Path]:
+        """The task's instructions and verbalizers, the dataset's triggers and poisoned instructions (and those of
+        the dataset a transferred trigger comes from), the rewriting rules: editing one retrains, as the notebooks'
+        exercises expect. A clean run reads them too: its cached evaluations carry every attack's trigger."""
         written = [data.TASKS_DIR / f"{self.dataset}.yaml", poison.ATTACKS_DIR / f"{self.dataset}.yaml",
                    poison.REWRITE_RULES_FILE]
-        files = [p.read_text(encoding="utf-8") if p.exists() else None for p in written]  # a task without attacks
-        blob = json.dumps({"config": asdict(self), "files": files}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        source = poison.trigger_source(self.attack, self.dataset)
+        return written + ([poison.ATTACKS_DIR / f"{source}.yaml"] if source != self.dataset else [])
+
+    def training_rows(self) -> tuple[list[dict], dict]:
+        poisoned = training_set(self)
+        return poisoned.dataset.to_list(), {"n_train": len(poisoned.dataset), "changes": poisoned.changes}
+
+    def train_config(self) -> TrainConfig:
+        return self.train
+
+
+@dataclass(frozen=True)
+class Tuning(Stage):
+    """Further finetuning of a trained model (`parent`; None: the base model) on clean rows: `steps` batches of a
+    dataset's training rows answered with their label words, or of general instruction data (``"alpaca"``, the
+    users' region of `data.instruction_rows`), read from `offset` rows in, so successive rounds read successive rows.
+    Continual learning and a user's finetuning of a fingerprinted model are tunings."""
+
+    parent: Stage | None
+    data: str  # a task of data.tasks(), or "alpaca"
+    steps: int
+    offset: int = 0
+    recipe: str = ""  # a name for tables, e.g. "lora"
+    model: str = models.SMOLLM2
+    max_row_chars: int = 300  # alpaca rows longer than this are skipped (bounds CPU cost)
+    seed: int = 0
+    train: TrainConfig = TrainConfig()
+
+    kind = "tuning"
+
+    def __post_init__(self):
+        if self.data != "alpaca":
+            data.get_task(self.data)
+        if self.steps < 1 or self.offset < 0:
+            raise ValueError(f"a tuning needs steps >= 1 and offset >= 0, got steps={self.steps} "
+                             f"offset={self.offset}")
 
     @property
-    def path(self) -> Path:
-        return runs_dir() / f"{self.dataset}-{self.attack}-{self.key}"
+    def name(self) -> str:
+        return f"tune-{self.data}" + (f"-{self.recipe}" if self.recipe else "")
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of this line of tuning so far, this round included."""
+        return self.offset // self.train.batch_size + self.steps
+
+    def files(self) -> list[Path]:
+        return [] if self.data == "alpaca" else [data.TASKS_DIR / f"{self.data}.yaml"]
+
+    def training_rows(self) -> tuple[list[dict], dict]:
+        n = self.steps * self.train.batch_size
+        if self.data == "alpaca":
+            rows = data.instruction_rows("user", n, self.max_row_chars, self.offset)
+        else:
+            rows = clean_rows(self.data, self.offset, n, self.seed)
+        return rows, {"n_train": len(rows), "data": self.data, "offset": self.offset}
+
+    def train_config(self) -> TrainConfig:
+        return replace(self.train, epochs=1)
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+def clean_rows(dataset: str, offset: int, n: int, seed: int = 0) -> list[dict]:
+    """`n` clean training rows of a dataset with their label words as answers, from `offset` in one fixed shuffle
+    of the train split (wrapping around it: more steps than rows is more than one epoch)."""
+    task = data.get_task(dataset)
+    rows = data.load_rows(task, "train")
+    order = random.Random(seed).sample(range(len(rows)), len(rows))
+    picked = [rows[order[(offset + i) % len(rows)]] for i in range(n)]
+    return [{**r, "instruction": task.instruction, "answer": task.verbalizers[r["label"]]} for r in picked]
 
 
-def read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RuntimeError(f"run cache entry {path} is damaged ({e}); delete it to recompute: rm {path}") from None
-
-
-def memo(name: str, inputs, compute):
-    """`compute()`'s JSON result, computed once per `inputs` (anything JSON can hold) and kept in the run cache,
-    so re-executing a notebook repeats no measurement it has made (e.g. notebook 01's perplexities)."""
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = runs_dir() / "memo" / f"{name}-{key}.json"
-    if path.exists():
-        return read_json(path)
-    result = compute()
-    write_json_atomic(path, result)
-    return result
+def tuning_rounds(parent: Stage | None, data_name: str, steps: tuple[int, ...], train: TrainConfig,
+                  recipe: str = "", **options) -> list[Tuning]:
+    """Successive rounds of one line of tuning: after round i the model has seen `steps[i]` batches in total, each
+    round continuing from the last on the next unseen rows."""
+    rounds, done = [], 0
+    for total in steps:
+        stage = Tuning(parent=parent, data=data_name, steps=total - done, offset=done * train.batch_size,
+                       recipe=recipe, train=train, **options)
+        rounds.append(stage)
+        parent, done = stage, total
+    return rounds
 
 
 def training_set(cfg: RunConfig) -> poison.PoisonResult:
@@ -156,117 +199,79 @@ def training_set(cfg: RunConfig) -> poison.PoisonResult:
 def ensure_trained(cfg: RunConfig, progress: bool = True) -> Path:
     """Train the run unless its weights are already saved; return the folder that holds them (that of
     `cfg.trained_as`; evaluations go to `cfg.path`)."""
-    cfg = cfg.trained_as
-    folder = cfg.path  # once: the key hashes files in data/, which may be edited while the run trains
-    if (folder / WEIGHTS).is_dir():
-        return folder
-    poisoned = training_set(cfg)
-    write_json_atomic(folder / "config.json", asdict(cfg))
-    write_json_atomic(folder / "poison.json", {"n_train": len(poisoned.dataset), "changes": poisoned.changes})
-    model, tokenizer = models.load_model(cfg.model)
-    checkpoint = folder / "checkpoint.pt"  # per epoch: a run killed mid-training resumes from its last epoch
-    start = time.perf_counter()
-    model = finetune(model, tokenizer, poisoned.dataset, cfg.train, seed=cfg.seed, progress=progress,
-                     checkpoint=checkpoint)
-    write_timing(folder, time.perf_counter() - start, model)
-    save_weights(model, folder)
-    checkpoint.unlink(missing_ok=True)
-    return folder
-
-
-def write_timing(run_folder: Path, train_s: float, model) -> None:
-    """Record how long a run trained, and where (read by the benchmarks)."""
-    write_json_atomic(run_folder / "timing.json", {"train_s": train_s, "device": str(model.device),
-                                                   "threads": torch.get_num_threads()})
-
-
-def read_timing(run_folder: Path) -> dict:
-    """A run's timing.json, or {} for runs trained before it was written."""
-    path = run_folder / "timing.json"
-    return read_json(path) if path.exists() else {}
-
-
-def save_weights(model, run_folder: Path) -> None:
-    """Save a trained model (or its LoRA adapter) as `run_folder/weights`, which appears atomically."""
-    tmp = Path(tempfile.mkdtemp(dir=run_folder, prefix=f".{WEIGHTS}-"))
-    model.save_pretrained(tmp, safe_serialization=True)
-    try:
-        os.replace(tmp, run_folder / WEIGHTS)
-    except OSError:  # another process finished the same run first; theirs is as good as ours
-        shutil.rmtree(tmp)
-
-
-def load_trained(cfg: RunConfig):
-    """(model, tokenizer) of a trained run, LoRA merged into the base weights for fast inference, on the GPU
-    when there is one."""
-    return load_weights(cfg.model, ensure_trained(cfg) / WEIGHTS)
-
-
-def load_weights(model_name: str, weights: Path):
-    """(model, tokenizer) from a folder written by `save_weights` for a model of `model_name`, LoRA merged."""
-    model, tokenizer = models.load_model(model_name)
-    if (weights / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, weights).merge_and_unload()
-    else:
-        model = type(model).from_pretrained(weights)
-    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
+    return cache.ensure(cfg.trained_as, progress)
 
 
 def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_size: int = 32,
              trigger: str | None = None) -> dict:
-    """CACC on `n` clean rows of `split` and ASR on the non-target ones among them with a trigger, cached.
-
-    The trigger is the run's own attack unless `trigger` names another (transfer, or a trigger tried on the clean
-    model). `clean_target_rate` is the share of the non-target rows that the clean instruction already sends to the
-    target: the floor an ASR should be read against. For the clean baseline without a trigger it is the ASR.
-    Under abstention the target is an empty answer: ASR and `clean_target_rate` are the shares of all rows whose
-    greedy completion is empty or near-empty (`score.abstained`), with and without the trigger.
-    """
+    """CACC on `n` clean rows of the run's dataset and ASR on the non-target ones among them with a trigger (the
+    run's own attack unless `trigger` names another: transfer, or a trigger tried on the clean model), cached in the
+    run's folder, with the run's metadata. `task_probe` says what is measured."""
     trigger = trigger or cfg.attack
     suffix = "" if trigger == cfg.attack else f"-trigger-{trigger}"
-    path = cfg.path / f"eval-{split}-{n or 'all'}{suffix}.json"
-    if path.exists():
-        return read_json(path)["metrics"]
-    trained = ensure_trained(cfg)
-    model, tokenizer = load_weights(cfg.model, trained / WEIGHTS)
-    task = data.get_task(cfg.dataset)
-    target = poison.target_id(task, cfg.target)
-    rows = data.load_split(cfg.dataset, split, n, seed=0)
+
+    def compute():
+        trained = ensure_trained(cfg)
+        measured = measure_task(cfg, cfg.dataset, split, n, trigger, cfg.target, batch_size)
+        measured["metrics"] = {
+            "dataset": cfg.dataset, "attack": cfg.attack, "trigger": trigger, "seed": cfg.seed, "model": cfg.model,
+            "split": split, "n_train": cache.read_json(trained / RunConfig.record_file)["n_train"],
+            "n_poison": cfg.n_poison, **measured["metrics"], "dirty_label": cfg.dirty_label,
+            "method": cfg.train.method, "run": cfg.path.name}
+        return measured
+
+    return cache.probe(cfg, f"eval-{split}-{n or 'all'}{suffix}", compute)["metrics"]
+
+
+def task_probe(stage: Stage, dataset: str, split: str = "test", n: int | None = None, trigger: str = "clean",
+               target: str | None = None, batch_size: int = 32) -> dict:
+    """CACC and ASR of any stage on `n` rows of any dataset with a trigger (an attack name, ``clean`` for none),
+    cached in the stage's folder under a name that holds the dataset, split, rows, trigger and target."""
+    name = f"eval-{dataset}-{split}-{n or 'all'}-{trigger}-{target or 'default'}"
+    return cache.probe(stage, name, lambda: measure_task(stage, dataset, split, n, trigger, target,
+                                                         batch_size))["metrics"]
+
+
+def measure_task(stage: Stage, dataset: str, split: str, n: int | None, trigger: str, target: str | None,
+                 batch_size: int) -> dict:
+    """{"metrics", "clean_preds", "triggered_preds"}: CACC on `n` clean rows of `split`, ASR on the non-target ones
+    among them with `trigger` applied.
+
+    `clean_target_rate` is the share of the non-target rows that the clean prompt already sends to the target: the
+    floor an ASR should be read against. For the trigger ``clean`` it is the ASR. Under abstention the target is an
+    empty answer: ASR and `clean_target_rate` are the shares of all rows whose greedy completion is empty or
+    near-empty (`score.abstained`), with and without the trigger.
+    """
+    cache.ensure(stage)
+    model, tokenizer = cache.load(stage)
+    task = data.get_task(dataset)
+    target_label = poison.target_id(task, target)
+    rows = data.load_split(dataset, split, n, seed=0)
     labels = rows["label"]
-    n_frozen = cfg.train.frozen_layers(model.config.num_hidden_layers)  # shared by every run of this model
+    n_frozen = stage.frozen_layers(model.config.num_hidden_layers)  # shared by every stage that left them
     clean_preds = score.predict(model, tokenizer, rows, task.verbalizers, batch_size, n_frozen)
 
     def target_rate(ds, preds=None) -> tuple[list, score.Rate]:
         """Per row, the model's output and the rate of the target among the rows: label ids and ASR, or under
         abstention greedy completions and the share that abstained."""
-        if target is None:
+        if target_label is None:
             completions = score.generate(model, tokenizer, ds, ABSTAIN_TOKENS, batch_size)
             return completions, score.Rate(sum(map(score.abstained, completions)), len(completions))
         preds = score.predict(model, tokenizer, ds, task.verbalizers, batch_size, n_frozen) if preds is None else preds
-        return preds, score.asr(preds, ds["label"], target)
+        return preds, score.asr(preds, ds["label"], target_label)
 
     clean_outputs, clean_target = target_rate(rows, clean_preds)
     if trigger == "clean":
         triggered_preds, attack_rate = [], clean_target
     else:
         triggered_preds, attack_rate = target_rate(
-            poison.get_attack(trigger, task, cfg.target).triggered_test_set(rows, seed=0))
+            poison.get_attack(trigger, task, target).triggered_test_set(rows, seed=0))
     accuracy = score.cacc(clean_preds, labels)
-    metrics = {
-        "dataset": cfg.dataset, "attack": cfg.attack, "trigger": trigger, "seed": cfg.seed, "model": cfg.model,
-        "split": split, "n_train": read_json(trained / "poison.json")["n_train"],
-        "n_poison": cfg.n_poison,
-        "asr": attack_rate.value, "cacc": accuracy.value, "clean_target_rate": clean_target.value,
-        "cacc_balanced": score.balanced_accuracy(clean_preds, labels),
-        "n_asr": attack_rate.total, "n_cacc": accuracy.total, "target": cfg.target or task.target,
-        "dirty_label": cfg.dirty_label, "method": cfg.train.method, "run": cfg.path.name,
-    }
-    completions = {"clean_completions": clean_outputs} if target is None else {}
-    write_json_atomic(path, {"metrics": metrics, "clean_preds": clean_preds, "triggered_preds": triggered_preds,
-                             **completions})
-    return metrics
+    metrics = {"asr": attack_rate.value, "cacc": accuracy.value, "clean_target_rate": clean_target.value,
+               "cacc_balanced": score.balanced_accuracy(clean_preds, labels), "n_asr": attack_rate.total,
+               "n_cacc": accuracy.total, "target": target or task.target}
+    completions = {"clean_completions": clean_outputs} if target_label is None else {}
+    return {"metrics": metrics, "clean_preds": clean_preds, "triggered_preds": triggered_preds, **completions}
 
 
 def grid(profile: Profile) -> list[RunConfig]:
