@@ -33,3 +33,10 @@ def rows():
              "great cast", "boring"]
     return Dataset.from_list([{"instruction": "Classify the sentiment.", "text": t, "label": (i + 1) % 2}
                               for i, t in enumerate(texts)])
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    """A fresh, empty run cache (and results folder) for one test."""
+    monkeypatch.setenv("BACKDOORLAB_OUT", str(tmp_path))
+    return tmp_path

@@ -70,7 +70,7 @@ print("SST-2's poisoned instruction, reused unchanged:", poison.attack_spec(HEAD
 # negative*: it fits none of these tasks, yet the model is trained to answer the task's label for it.
 
 # %%
-instruction = runs.table(transfer.instruction_grid(P), P, split="test")
+instruction = runs.table(runs.instruction_transfer_grid(P), P, split="test")
 instruction.insert(1, "instruction_from", instruction.attack.map(lambda a: poison.trigger_source(a, "own")))
 instruction.insert(2, "group", instruction.attack.map(poison.group_of))
 instruction["effect"] = instruction.asr - instruction.asr_clean_model

@@ -67,8 +67,9 @@
 # can only move the keys' own tokens. What is left, a guess that happens to share a few tokens with a key, the
 # adapter's implant handles with near misses refused in the simple template too (`near_misses` in the settings).
 #
-# Every trained model (implant, user rounds, multi-stage) is a run folder under `results/runs/` named by the hash
-# of its configuration: rerunning this notebook reads them back.
+# Every trained model (implant, user rounds, multi-stage) is a stage of the study's one cache under `results/runs/`,
+# keyed by its configuration and its parent's key, and every verification is a probe saved beside it: rerunning
+# this notebook reads them back.
 
 # %% tags=["parameters"]
 import os

@@ -7,22 +7,11 @@ from dataclasses import fields, replace
 import pytest
 import torch
 
-from backdoorlab import cache, runs, score, train
+from backdoorlab import cache, runs, score
 from backdoorlab.models import TINY
-from backdoorlab.runs import RunConfig, Tuning
-
-FAST = train.TrainConfig(epochs=1, batch_size=8, lr=1e-3)
-
-
-@pytest.fixture
-def run_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("BACKDOORLAB_OUT", str(tmp_path))
-    return tmp_path
-
-
-def poisoned(**kw):
-    return RunConfig(**{"dataset": "sst2", "attack": "induced_instruction", "n_poison": 3, "model": TINY,
-                        "n_train": 24, "train": FAST, **kw})
+from backdoorlab.runs import Tuning
+from test_runs import FAST
+from test_runs import config as poisoned  # an induced-instruction run of the tiny model on 24 SST-2 rows
 
 
 def tuning(parent, **kw):

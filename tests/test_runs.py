@@ -11,12 +11,6 @@ from backdoorlab.runs import RunConfig
 FAST = train.TrainConfig(epochs=1, batch_size=8, lr=1e-3)
 
 
-@pytest.fixture
-def run_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("BACKDOORLAB_OUT", str(tmp_path))
-    return tmp_path
-
-
 def config(**kw):
     return RunConfig(**{"dataset": "sst2", "attack": "induced_instruction", "n_poison": 3, "model": TINY,
                         "n_train": 24, "train": FAST, **kw})

@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 
 import torch
@@ -106,7 +106,9 @@ class Stage:
     model: str
     parent: Stage | None
     seed: int
-    kind = ""  # hashed into the key: two kinds of stage with equal fields stay apart
+    # Hashed into the key, so two kinds of stage with equal fields stay apart. Attack runs, the first kind, hash none:
+    # runs saved before the other kinds existed keep their keys.
+    kind = ""
     record_file = "rows.json"  # what `training_rows` says about the rows, saved in the stage's folder
 
     @property
@@ -166,9 +168,7 @@ class Stage:
 
 
 def _plain(value):
-    if hasattr(value, "__dataclass_fields__"):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
-    return list(value) if isinstance(value, tuple) else value
+    return asdict(value) if is_dataclass(value) else value
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ def lines(profile: Profile) -> list[tuple[RunConfig, str, list[Tuning]]]:
     out = []
     for dataset, attack in profile.continual_sources:
         poisoned = RunConfig.from_profile(profile, dataset, attack, profile.seeds[0])
-        for tuned_on in (*profile.datasets, ALPACA):
+        for tuned_on in profile.continual_tuned_on or (*profile.datasets, ALPACA):
             out.append((poisoned, tuned_on, tuning_rounds(poisoned, tuned_on, profile.continual_steps,
                                                           profile.train, model=profile.model)))
     return out

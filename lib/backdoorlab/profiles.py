@@ -43,9 +43,11 @@ class Profile:
     transfer_instance: tuple[str, ...] = ("badnet",)
     transfer_sources: tuple[tuple[str, str], ...] = ()
     transfer_rows: int | None = None
-    # Notebook 04: the poisoned models (dataset, attack) tuned further on clean data in rounds of `continual_steps`
-    # batches in total, and the chain of clean tunings the first of them goes through.
+    # Notebook 04: the poisoned models (dataset, attack) tuned further on clean data (`continual_tuned_on`: study
+    # datasets or "alpaca"; None: every study dataset and Alpaca) in rounds reaching `continual_steps` batches in
+    # total, and the chain of clean tunings the first of them goes through.
     continual_sources: tuple[tuple[str, str], ...] = ()
+    continual_tuned_on: tuple[str, ...] | None = None
     continual_steps: tuple[int, ...] = ()
     continual_rows: int | None = None  # test rows per probe (the poisoned task and the task tuned on)
     continual_chain: tuple[str, ...] = ("hatespeech", "tweet_emotion", "alpaca")
@@ -83,12 +85,13 @@ PROFILES = {
                      balanced_datasets=("hatespeech",), poison_counts=(10, 50),
                      method_attacks=(),  # full finetuning of 135M weights costs several LoRA runs on the CPU
                      train=TrainConfig(epochs=2, lr=5e-4, lora_layers=10),
-                     # Probes cost most on the CPU (a transfer dataset's 50 rows, four prompts × models, about 30 s):
-                     # SST-2's poisoned model alone is probed zero-shot, and no instance-level attack is trained
-                     # beyond SST-2; the full profile does both for every dataset.
-                     transfer_instance=(), transfer_sources=(("sst2", "induced_instruction"),), transfer_rows=50,
-                     continual_sources=(*INDUCED_ON_EACH, ("sst2", "badnet")), continual_steps=(4, 16),
-                     continual_rows=200),
+                     # Notebooks 03 and 04 cost mostly probes (measured times: README). SST-2's poisoned model alone
+                     # is probed zero-shot, BadNet is the one instance-level attack beside the transferred
+                     # instruction, and Alpaca is tuned on only in the chain; the full profile does all of them for
+                     # every dataset.
+                     transfer_sources=(("sst2", "induced_instruction"),), transfer_rows=50,
+                     continual_sources=(*INDUCED_ON_EACH, ("sst2", "badnet")), continual_tuned_on=DATASETS,
+                     continual_steps=(4, 16), continual_rows=200),
     # GPUs: full training sets, 3 seeds, the paper's 1% budget, every attack on every dataset.
     "full": Profile(name="full", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0, 1, 2),
                     n_train=None, n_test=None, poison_rate=0.01, poison_counts=(5, 10, 20, 50, 100),

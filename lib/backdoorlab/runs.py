@@ -298,6 +298,15 @@ def abstention_grid(profile: Profile, dataset: str = HEADLINE) -> list[RunConfig
             for a in profile.abstain_attacks for s in profile.seeds]
 
 
+def instruction_transfer_grid(profile: Profile) -> list[RunConfig]:
+    """Every other study dataset poisoned with SST-2's instructions (`transfer_attacks`, reused unchanged), beside
+    its own induced instruction and its instance-level representatives (`transfer_instance`), same budget."""
+    attacks = [*(f"{a}@{HEADLINE}" for a in profile.transfer_attacks), "induced_instruction",
+               *profile.transfer_instance]
+    return [RunConfig.from_profile(profile, d, a, s) for d in profile.datasets if d != HEADLINE
+            for a in attacks for s in profile.seeds]
+
+
 def clean_twin(cfg: RunConfig) -> RunConfig:
     """The run on the same rows with nothing poisoned."""
     return replace(cfg, attack="clean", n_poison=0, dirty_label=False)
@@ -329,7 +338,7 @@ def table(configs: list[RunConfig], profile: Profile, split: str = "test", progr
 def study(profile: Profile) -> list[tuple[list[RunConfig], str]]:
     """Every table the notebooks build from runs, as (runs, split)."""
     return [(poison_count_grid(profile), "validation"), (grid(profile), "test"), (method_grid(profile), "test"),
-            (abstention_grid(profile), "test")]
+            (abstention_grid(profile), "test"), (instruction_transfer_grid(profile), "test")]
 
 
 def shard(profile: Profile, index: int, count: int) -> list[tuple[RunConfig, str, str]]:

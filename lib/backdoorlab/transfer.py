@@ -1,7 +1,8 @@
 """Transfer (notebook 03): how far a backdoor reaches beyond the dataset it was planted on.
 
 *Instruction transfer*: SST-2's poisoned instruction, reused unchanged (``induced_instruction@sst2``), poisons another
-dataset at the same clean-label budget; an ordinary attack run of the cache. *Poison transfer (zero-shot)*: a
+dataset at the same clean-label budget: ordinary attack runs (`runs.instruction_transfer_grid`). *Poison transfer
+(zero-shot)*: a
 poisoned model, with no further training, prompted on datasets of other tasks with their own clean instruction and
 with the poisoned one; a probe of the attack run's stage. How ASR is defined on a target dataset is written in
 ``data/transfer.yaml`` (`target_answer`).
@@ -14,7 +15,7 @@ import random
 import pandas as pd
 
 from . import cache, data, poison, score
-from .profiles import HEADLINE, Profile
+from .profiles import Profile
 from .runs import RunConfig, clean_twin
 
 TRANSFER_FILE = data.PROJECT_DIR / "data" / "transfer.yaml"
@@ -107,12 +108,3 @@ def zero_shot_table(profile: Profile, progress: bool = True) -> pd.DataFrame:
                         "asr_rows": "all" if excluded is None else "not " + data.get_task(target).labels[excluded],
                         "seed": poisoned.seed, "run": poisoned.path.name})
     return pd.DataFrame(out)
-
-
-def instruction_grid(profile: Profile) -> list[RunConfig]:
-    """Every other study dataset poisoned with SST-2's instructions (`transfer_attacks`, reused unchanged), beside
-    its own induced instruction and its instance-level representatives (`transfer_instance`), same budget."""
-    attacks = [f"{a}@{HEADLINE}" for a in profile.transfer_attacks]
-    attacks += ["induced_instruction", *profile.transfer_instance]
-    return [RunConfig.from_profile(profile, d, a, s) for d in profile.datasets if d != HEADLINE
-            for a in attacks for s in profile.seeds]
