@@ -120,6 +120,20 @@ def test_a_finished_stage_is_read_back_not_retrained(implanted, monkeypatch):
     assert cache.read_timing(implanted["full"].path)["train_s"] > 0  # kept for the benchmarks
 
 
+def test_an_adapter_implant_trains_on_a_parent_that_a_user_tuned_with_lora(implanted):
+    """The multi-stage chain of quick: publisher B's adapter on publisher A's model after a user's LoRA round (a
+    merged adapter leaves its base frozen; the implant must still train). Only the keys' embedding rows move."""
+    user = SMOKE.user_rounds(implanted["full"], SMOKE.user_recipes[0])[0]
+    second = SMOKE.implant("adapter", publisher="B", parent=user)
+    cache.ensure(second, progress=False)
+    (before, tokenizer), (after, _) = cache.load(user), cache.load(second)
+    moved = (after.get_input_embeddings().weight != before.get_input_embeddings().weight).any(-1).nonzero()
+    keys = fingerprint.key_token_ids(tokenizer, second.keys, second.template)
+    assert len(moved) and set(moved.squeeze(-1).tolist()) <= set(keys.tolist())
+    assert all(torch.equal(v, after.state_dict()[k]) for k, v in before.state_dict().items() if "embed" not in k
+               and "lm_head" not in k)
+
+
 def test_user_rounds_read_fresh_rows_disjoint_from_regularization_and_held_out_rows():
     first, second = SMOKE.user_rounds(SMOKE.implant("full"), SMOKE.user_recipes[0])
     assert second.parent == first and second.offset == first.steps * first.train.batch_size

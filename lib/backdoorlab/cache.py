@@ -240,7 +240,8 @@ def apply_weights(model, weights: Path):
     if (weights / "adapter_config.json").exists():
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, weights).merge_and_unload()
+        # peft loads an adapter for inference, its base frozen; the merged model trains on like a fresh one
+        return PeftModel.from_pretrained(model, weights).merge_and_unload().requires_grad_(True)
     if (weights / EMBEDDINGS_FILE).exists():
         with torch.no_grad():
             model.get_input_embeddings().weight.copy_(load_file(weights / EMBEDDINGS_FILE)["weight"])
