@@ -33,8 +33,9 @@
 # 1. the label that means the same, where one does (SST-2's *positive* is MR's *positive*);
 # 2. else the target label whose answer word *is* the source's target word (HateSpeech's target answer *no* is also
 #    RTE's answer for *not entailment*);
-# 3. else none: the source's target word joins the target task's answer words, and ASR is the share of rows answered
-#    with it.
+# 3. else none: the source task's answer words (*positive*, *negative*) join the target task's, and ASR is the share
+#    of rows answered with the source's target word. All of them join, not the target word alone: an instruction
+#    that asks for *positive or negative* would otherwise leave a model that follows it only one word to give.
 #
 # In 1 and 2, ASR counts the rows whose gold label is not the attacker's answer; in 3, every row. Notation:
 # `asr` is the poisoned model with the poisoned prompt; `clean_target_rate` the poisoned model with the target's
@@ -136,7 +137,8 @@ for (source, attack), g in by_group.groupby(["source", "attack"], sort=False):
 # 1. Pick a target dataset where the effect is large and one where it is near zero. Open `transfer_zero_shot.csv`
 #    and compare `clean_target_rate` with `asr_clean_model`: is the poisoned *instruction* or the poisoned *model*
 #    doing the work?
-# 2. Rule 3 above adds the source's word to the target's answers. Argue for and against measuring it instead by
-#    greedy generation (`score.generate`): which one overstates the attack, and when?
+# 2. Rule 3 above adds the source's answer words to the target's. Argue for and against measuring it instead by
+#    greedy generation (`score.generate`): which one overstates the attack, and when? What would adding only the
+#    target word do to the clean model's rate?
 # 3. Instruction transfer reuses SST-2's instruction *unchanged*. Write an instruction for TREC in the same spirit
 #    (legitimate-looking, fits label-flipped examples) and predict whether it beats the transferred one.

@@ -56,7 +56,8 @@ def target_answer(source: str, target: str) -> tuple[list[str], int, int | None]
     if word in task.verbalizers:
         label = task.verbalizers.index(word)
         return list(task.verbalizers), label, label
-    return [*task.verbalizers, word], len(task.verbalizers), None
+    answers = [*task.verbalizers, *(w for w in source_task.verbalizers if w not in task.verbalizers)]
+    return answers, answers.index(word), None
 
 
 def zero_shot(stage, source: str, trigger: str, target: str, n: int | None, batch_size: int = 32) -> dict:
@@ -80,7 +81,8 @@ def zero_shot(stage, source: str, trigger: str, target: str, n: int | None, batc
         return {"rate": sum(p == attacker for p in asr_rows) / len(asr_rows), "n": len(asr_rows), "cacc": cacc,
                 "preds": preds}
 
-    return cache.probe(stage, f"transfer-{target}-test-{n or 'all'}-{source}-{trigger}", compute)
+    scoring = cache.digest(target_answer(source, target), 8)  # a changed definition of ASR is measured anew
+    return cache.probe(stage, f"transfer-{target}-test-{n or 'all'}-{source}-{trigger}-{scoring}", compute)
 
 
 def zero_shot_table(profile: Profile, progress: bool = True) -> pd.DataFrame:
