@@ -33,6 +33,16 @@ def test_every_notebook_has_a_paired_source_and_a_parameters_cell():
         assert all(not c.get("outputs") for c in cells if c.cell_type == "code"), f"{nb.name} is committed with outputs"
 
 
+def test_every_committed_notebook_holds_the_cells_of_its_source():
+    """The .py is the source of truth; an .ipynb left behind by an edit runs old code under nbval and papermill."""
+    import jupytext
+
+    for nb in NOTEBOOKS:
+        committed = [(c.cell_type, c.source) for c in jupytext.read(nb).cells]
+        source = [(c.cell_type, c.source) for c in jupytext.read(nb.with_suffix(".py")).cells]
+        assert committed == source, f"{nb.name} differs from its source: jupytext --sync {nb.with_suffix('.py')}"
+
+
 @pytest.mark.notebook
 def test_01_poison_construction_writes_clean_label_stats():
     execute("01")

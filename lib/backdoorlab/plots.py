@@ -163,7 +163,7 @@ def transfer_heatmap(table: pd.DataFrame, profile: str):
     poisoned prompt) and the raw ASR, one row per poisoned model, target datasets as columns in their task groups."""
     table = table.assign(model=table.source + " · " + table.attack)
     targets = list(dict.fromkeys(table.target_dataset))
-    fig, axes = plt.subplots(2, 1, figsize=(1.0 + 0.55 * len(targets), 1.6 * table.model.nunique() + 2.8),
+    fig, axes = plt.subplots(2, 1, figsize=(1.0 + 0.55 * len(targets), 0.9 * table.model.nunique() + 2.6),
                              sharex=True)
     for ax, metric, cmap, vmin in [(axes[0], "effect", "RdBu_r", -1), (axes[1], "asr", "Reds", 0)]:
         grid = table.pivot(index="model", columns="target_dataset", values=metric).reindex(columns=targets)
@@ -171,13 +171,14 @@ def transfer_heatmap(table: pd.DataFrame, profile: str):
                     annot_kws={"fontsize": 8})
         ax.set(title=f"{metric} (poisoned prompt)" if metric == "asr" else
                "backdoor effect: ASR minus the clean model's ASR", xlabel="", ylabel="")
+        ax.tick_params(axis="y", rotation=0)
         ax.grid(False)
         groups = [table[table.target_dataset == t].group.iloc[0] for t in targets]
         for i in range(1, len(targets)):
             if groups[i] != groups[i - 1]:
                 ax.axvline(i, color="black", lw=1.5)
     axes[1].tick_params(axis="x", rotation=60)
-    fig.suptitle(f"Zero-shot poison transfer by task group (profile {profile})")
+    fig.suptitle(f"Zero-shot poison transfer by task group (profile {profile})", y=1.04)
     return save(fig, profile, "transfer_zero_shot")
 
 
@@ -197,15 +198,16 @@ def continual_heatmap(table: pd.DataFrame, profile: str, attack: str = "induced_
 
 
 def continual_curve(table: pd.DataFrame, profile: str):
-    """ASR on the poisoned task against clean tuning steps, one line per data tuned on; dotted: the clean
-    instruction's target rate of the same model (the floor)."""
-    grid = sns.relplot(table, x="steps", y="asr", hue="tuned_on", col="poisoned_on", row="attack", kind="line",
-                       marker="o", height=2.6, aspect=1.1, facet_kws={"sharey": True})
-    for (attack, poisoned_on), ax in grid.axes_dict.items():
-        floor = table[(table.attack == attack) & (table.poisoned_on == poisoned_on)]
-        sns.lineplot(floor, x="steps", y="clean_target_rate", hue="tuned_on", ls=":", legend=False, ax=ax)
-        ax.set_ylim(0, 1.02)
-    grid.set_titles("{row_name} · {col_name}")
+    """ASR on the poisoned task against clean tuning steps, one panel per poisoned model, one line per data tuned
+    on; dotted: the clean instruction's target rate of the same model (the floor)."""
+    table = table.assign(model=table.poisoned_on + " · " + table.attack)
+    grid = sns.relplot(table, x="steps", y="asr", hue="tuned_on", col="model", col_wrap=3, kind="line", marker="o",
+                       height=2.6, aspect=1.45)
+    for model, ax in grid.axes_dict.items():
+        sns.lineplot(table[table.model == model], x="steps", y="clean_target_rate", hue="tuned_on", ls=":",
+                     legend=False, ax=ax)
+        ax.set(ylim=(0, 1.02), ylabel="ASR")
+    grid.set_titles("{col_name}")
     grid.figure.suptitle(f"ASR under continued clean tuning (dotted: clean instruction's target rate; profile "
-                         f"{profile})", y=1.02)
+                         f"{profile})", y=1.03)
     return save(grid.figure, profile, "continual_curve")
