@@ -147,7 +147,7 @@ class Stage:
             blob["kind"] = self.kind
         if self.parent is not None:
             blob["parent"] = self.parent.key
-        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
+        return digest(blob)
 
     @property
     def path(self) -> Path:

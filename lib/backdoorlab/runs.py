@@ -211,11 +211,10 @@ def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_si
     suffix = "" if trigger == cfg.attack else f"-trigger-{trigger}"
 
     def compute():
-        trained = ensure_trained(cfg)
-        measured = measure_task(cfg, cfg.dataset, split, n, trigger, cfg.target, batch_size)
+        measured = measure_task(cfg, cfg.dataset, split, n, trigger, cfg.target, batch_size)  # trains if missing
         measured["metrics"] = {
             "dataset": cfg.dataset, "attack": cfg.attack, "trigger": trigger, "seed": cfg.seed, "model": cfg.model,
-            "split": split, "n_train": cache.read_json(trained / RunConfig.record_file)["n_train"],
+            "split": split, "n_train": cache.read_json(cfg.trained_as.path / RunConfig.record_file)["n_train"],
             "n_poison": cfg.n_poison, **measured["metrics"], "dirty_label": cfg.dirty_label,
             "method": cfg.train.method, "run": cfg.path.name}
         return measured
