@@ -8,7 +8,7 @@ import pandas as pd
 import papermill
 import pytest
 
-from backdoorlab import fingerprint, poison, transfer
+from backdoorlab import defenses, fingerprint, poison, transfer
 from backdoorlab.profiles import get_profile
 
 NOTEBOOKS = sorted(Path(__file__).parents[1].joinpath("notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -120,6 +120,28 @@ def test_04_continual_learning_writes_the_poisoned_on_by_tuned_on_table():
     assert list(chain.tuned_on.fillna("")) == ["", *smoke.continual_chain]
     for figure in ("continual_curve", "continual_induced_instruction"):
         assert (OUT / "figures" / "smoke" / f"{figure}.png").stat().st_size > 0
+
+
+@pytest.mark.notebook
+def test_05_defenses_writes_the_attack_by_defense_matrix():
+    execute("05")
+    results, smoke = OUT / "results" / "smoke", get_profile("smoke")
+    table = pd.read_csv(results / "defenses.csv")
+    for column in ("dataset", "attack", "defense", "setting", "asr", "cacc", "asr_undefended", "cacc_undefended",
+                   "n_asr", "precision", "recall"):
+        assert column in table.columns
+    assert set(table.defense) == set(defenses.DEFENSES)  # smoke defends every candidate with every defense
+    assert table[["asr", "cacc", "asr_undefended", "cacc_undefended"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert table[table.acts_on == "data"].recall.notna().all() and table[table.acts_on != "data"].recall.isna().all()
+    per_run = table.groupby(["dataset", "attack", "dirty_label"])
+    assert per_run.asr_undefended.nunique().eq(1).all()  # one undefended number per run, beside every defense
+    assert set(table[table.defense == "demonstrations"].setting) == {f"k={k}" for k in smoke.demonstration_k}
+    audit = pd.read_csv(results / "defenses_audit.csv")
+    assert (audit[audit.group == "instance"].recall == 0).all()
+    onion = pd.read_csv(results / "defenses_onion_validation.csv")
+    assert onion.groupby("field").chosen.sum().eq(1).all()
+    for name in ("defenses", "defenses_demonstrations", "defenses_pruning"):
+        assert (OUT / "figures" / "smoke" / f"{name}.png").stat().st_size > 0
 
 
 @pytest.mark.notebook

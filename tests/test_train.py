@@ -103,7 +103,7 @@ def test_seq2seq_models_train_and_score_through_the_same_api(tiny):
     assert abs(got[0, 0].item() - want) < 1e-4
 
 
-def test_training_killed_after_an_epoch_resumes_to_the_same_weights(tiny, rows, tmp_path, monkeypatch):
+def test_training_killed_after_an_epoch_resumes_to_the_same_weights(tiny, rows, tmp_path):
     data = sft_rows(rows) * 2  # 16 rows, batch 8: 2 steps per epoch
     cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2)
     whole = train.finetune(copy.deepcopy(tiny[0]), tiny[1], data, cfg, seed=1, progress=False)
@@ -118,15 +118,15 @@ def test_training_killed_after_an_epoch_resumes_to_the_same_weights(tiny, rows, 
         return real(*a, **k)
 
     checkpoint = tmp_path / "checkpoint.pt"
-    monkeypatch.setattr(train, "answer_loss", killed_in_third_epoch)
     try:
-        train.finetune(copy.deepcopy(tiny[0]), tiny[1], data, cfg, seed=1, progress=False, checkpoint=checkpoint)
+        train.finetune(copy.deepcopy(tiny[0]), tiny[1], data, cfg, seed=1, progress=False, checkpoint=checkpoint,
+                       loss_fn=killed_in_third_epoch)
     except KeyboardInterrupt:
         pass
     assert torch.load(checkpoint, weights_only=True)["epochs_done"] == 2
     calls["n"] = -100  # no more kills; count the steps the resumed run takes
     resumed = train.finetune(copy.deepcopy(tiny[0]), tiny[1], data, cfg, seed=1, progress=False,
-                             checkpoint=checkpoint)
+                             checkpoint=checkpoint, loss_fn=killed_in_third_epoch)
     assert calls["n"] == -100 + 2  # only the third epoch ran again
     for (name, p), q in zip(whole.named_parameters(), resumed.parameters()):
         torch.testing.assert_close(p, q, msg=name)

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import data, models
-from .train import TrainConfig, finetune
+from .train import TrainConfig, answer_loss, finetune
 
 WEIGHTS = "weights"  # folder of a stage's trained weights; its presence marks the stage trained
 EMBEDDINGS_FILE = "embeddings.safetensors"  # what an embeddings-only stage saves (the input-embedding matrix)
@@ -131,6 +131,14 @@ class Stage:
     def train_config(self) -> TrainConfig:
         raise NotImplementedError
 
+    def loss(self):
+        """The training objective, `loss(model, batch)`: cross-entropy on the answer tokens unless a stage says
+        otherwise (a distillation objective, say)."""
+        return answer_loss
+
+    reuse_frozen = True  # train the top layers from the frozen layers' saved states (off for an objective that
+    # needs other models' states of the same batch)
+
     def prepare(self, model, tokenizer):
         """Called before training; returns the model to train."""
         return model
@@ -214,7 +222,7 @@ def ensure(stage: Stage, progress: bool = True) -> Path:
     checkpoint = folder / "checkpoint.pt"  # per epoch: a stage killed mid-training resumes from its last epoch
     start = time.perf_counter()
     model = finetune(model, tokenizer, rows, stage.train_config(), seed=stage.seed, progress=progress,
-                     checkpoint=checkpoint)
+                     checkpoint=checkpoint, reuse_frozen=stage.reuse_frozen, loss_fn=stage.loss())
     write_timing(folder, time.perf_counter() - start, model)
     save_weights(stage.finish(model, folder), stage.train_config().method, folder)
     checkpoint.unlink(missing_ok=True)

@@ -211,3 +211,69 @@ def continual_curve(table: pd.DataFrame, profile: str):
     grid.figure.suptitle(f"ASR under continued clean tuning (dotted: clean instruction's target rate; profile "
                          f"{profile})", y=1.03)
     return save(grid.figure, profile, "continual_curve")
+
+
+def _defended_model(table: pd.DataFrame) -> pd.Series:
+    """A defended run's label: dataset · attack, dirty-label runs marked."""
+    return table.dataset + " · " + table.attack + np.where(table.dirty_label, " (dirty)", "")
+
+
+def defense_heatmap(table: pd.DataFrame, profile: str):
+    """ASR and CACC of every defended run (columns) under every defense setting (rows), the undefended run and the
+    clean model (the same trigger, no backdoor) on top. Empty: a defense not run on that dataset."""
+    table = table[table.defense != "iclattack"].assign(model=_defended_model, row=lambda t: t.defense + " " + t.setting)
+    models = list(dict.fromkeys(table.model))
+    firsts = table.drop_duplicates("model").set_index("model")
+    fig, axes = plt.subplots(1, 2, figsize=(2.6 + 2.2 * len(models), 0.42 * table.row.nunique() + 2.4), sharey=True)
+    for ax, metric in zip(axes, ("asr", "cacc")):
+        grid = table.pivot(index="row", columns="model", values=metric).reindex(
+            index=list(dict.fromkeys(table.row)), columns=models)
+        top = pd.DataFrame([firsts[f"{metric}_undefended"]], index=["undefended"])
+        if metric == "asr":
+            top.loc["clean model (floor)"] = firsts.asr_clean_model
+        grid = pd.concat([top.reindex(columns=models), grid])
+        sns.heatmap(grid.astype(float), annot=True, fmt=".2f", vmin=0, vmax=1, cmap="Reds" if metric == "asr"
+                    else "Greens", cbar=False, ax=ax, annot_kws={"fontsize": 8})
+        ax.axhline(len(top), color="black", lw=1.5)
+        ax.set(title=metric.upper(), xlabel="", ylabel="")
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(False)
+    fig.suptitle(f"Defenses against the saved attack runs (profile {profile})", y=1.02)
+    return save(fig, profile, "defenses")
+
+
+def demonstration_curve(table: pd.DataFrame, profile: str):
+    """ASR against the number of demonstrations k: clean demonstrations before each defended run's inputs (k = 0:
+    undefended), and ICLAttack's poisoned demonstrations on the clean model beside the same k clean ones."""
+    demos = table[table.defense == "demonstrations"].assign(model=_defended_model)
+    start = demos.drop_duplicates("model").assign(asr=lambda t: t.asr_undefended, setting="k=0")
+    icl = table[table.defense == "iclattack"]
+    icl_start = icl.head(1).assign(asr=icl.asr_undefended.iloc[:1], asr_clean_model=icl.asr_undefended.iloc[:1],
+                                   setting="k=0") if len(icl) else icl
+    lines = pd.concat([
+        pd.concat([start, demos]).assign(line=lambda t: t.model),
+        pd.concat([icl_start, icl]).assign(line="ICLAttack on the clean model (poisoned demos)"),
+        pd.concat([icl_start, icl]).assign(asr=lambda t: t.asr_clean_model,
+                                           line="clean model, clean demos, same trigger")])
+    lines["k"] = lines.setting.str.extract(r"k=(\d+)", expand=False).astype(int)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.lineplot(lines, x="k", y="asr", hue="line", marker="o", ax=ax)
+    ax.set(ylim=(0, 1.02), ylabel="ASR", xticks=sorted(lines.k.unique()),
+           title=f"Demonstrations at inference (profile {profile})")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
+    return save(fig, profile, "defenses_demonstrations")
+
+
+def pruning_curve(table: pd.DataFrame, profile: str):
+    """ASR and CACC of each defended run against the share of weights pruned (0: undefended)."""
+    pruned = table[table.defense == "prune"].assign(model=_defended_model)
+    start = pruned.drop_duplicates("model").assign(asr=lambda t: t.asr_undefended, cacc=lambda t: t.cacc_undefended,
+                                                   setting="sparsity=0")
+    lines = pd.concat([start, pruned])
+    lines["sparsity"] = lines.setting.str.extract(r"sparsity=([\d.]+)", expand=False).astype(float)
+    long = lines.melt(id_vars=["model", "sparsity"], value_vars=["asr", "cacc"], var_name="metric")
+    grid = sns.relplot(long, x="sparsity", y="value", hue="model", col="metric", kind="line", marker="o", height=3.2,
+                       aspect=1.3)
+    grid.set(ylim=(0, 1.02))
+    grid.figure.suptitle(f"One-shot pruning after tuning (profile {profile})", y=1.04)
+    return save(grid.figure, profile, "defenses_pruning")

@@ -51,6 +51,22 @@ class Profile:
     continual_steps: tuple[int, ...] = ()
     continual_rows: int | None = None  # test rows per probe (the poisoned task and the task tuned on)
     continual_chain: tuple[str, ...] = ("hatespeech", "tweet_emotion", "alpaca")
+    # Notebook 05: the runs defended (dataset, attack), clean-label, and the attacks run dirty-label on SST-2 as the
+    # instance-level representative, each defended only where its backdoor shows on validation;
+    # `defense_everywhere` runs on every defended run, the other defenses on SST-2's only. Each defense's sweep;
+    # ONION's threshold is chosen on validation from `onion_thresholds` (the most aggressive that costs the clean
+    # model at most `onion_max_cacc_drop` of validation CACC).
+    defense_runs: tuple[tuple[str, str], ...] = ()
+    defense_dirty: tuple[str, ...] = ("badnet",)
+    defense_rows: int | None = None  # test rows per defended probe
+    defense_needs_backdoor: bool = True  # smoke's random model plants none: it defends every candidate run
+    defense_everywhere: tuple[str, ...] = ("demonstrations", "clean_alignment")
+    demonstration_k: tuple[int, ...] = (1, 2, 4, 8)
+    onion_thresholds: tuple[float, ...] = (0.0, 10.0, 30.0, 100.0)
+    onion_max_cacc_drop: float = 0.02
+    alignment_steps: tuple[int, ...] = (16, 64, 256)
+    prune_sparsity: tuple[float, ...] = (0.01, 0.05, 0.1)
+    w2s_rows: int = 128
     train: TrainConfig = TrainConfig()
     eval_batch_size: int = 32
 
@@ -72,7 +88,11 @@ PROFILES = {
                      attacks_by_dataset={d: ("clean", "induced_instruction") for d in OTHERS},
                      poison_counts=(2,), train=TrainConfig(epochs=1, batch_size=8, lr=1e-3),
                      transfer_sources=(("sst2", "induced_instruction"),), transfer_rows=6,
-                     continual_sources=INDUCED_ON_EACH, continual_steps=(1, 2), continual_rows=24),
+                     continual_sources=INDUCED_ON_EACH, continual_steps=(1, 2), continual_rows=24,
+                     defense_runs=(("sst2", "induced_instruction"), ("tweet_emotion", "induced_instruction")),
+                     defense_rows=24, defense_needs_backdoor=False, demonstration_k=(1,),
+                     onion_thresholds=(0.0, 10.0), alignment_steps=(1, 2),
+                     prune_sparsity=(0.05,), w2s_rows=8),
     # SmolLM2 on the 2-core CPU: every attack on SST-2, the clean baseline and the induced instruction on each other
     # dataset. Where each setting comes from (README, "Settings"): LoRA depth and HateSpeech's label balancing are
     # chosen on the validation splits by `python benchmarks/lora_depth.py` (clean runs' balanced accuracy;
@@ -91,7 +111,12 @@ PROFILES = {
                      # every dataset.
                      transfer_sources=(("sst2", "induced_instruction"),), transfer_rows=50,
                      continual_sources=(*INDUCED_ON_EACH, ("sst2", "badnet")), continual_tuned_on=DATASETS,
-                     continual_steps=(4, 16), continual_rows=200),
+                     continual_steps=(4, 16), continual_rows=200,
+                     # Notebook 05: the induced instruction on each dataset and BadNet dirty-label, on 200 test rows
+                     # (a run is defended where its backdoor shows on validation: `defenses.backdoored`).
+                     defense_runs=INDUCED_ON_EACH,
+                     defense_rows=200, demonstration_k=(2, 4), onion_thresholds=(0.0, 10.0, 30.0),
+                     alignment_steps=(16, 32), prune_sparsity=(0.01, 0.05)),
     # GPUs: full training sets, 3 seeds, the paper's 1% budget, every attack on every dataset.
     "full": Profile(name="full", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0, 1, 2),
                     n_train=None, n_test=None, poison_rate=0.01, poison_counts=(5, 10, 20, 50, 100),
@@ -102,7 +127,9 @@ PROFILES = {
                     transfer_sources=tuple((d, a) for d in DATASETS for a in ("induced_instruction", "badnet")),
                     transfer_rows=1000,
                     continual_sources=tuple((d, a) for d in DATASETS for a in ("induced_instruction", "badnet")),
-                    continual_steps=(50, 200, 600)),
+                    continual_steps=(50, 200, 600),
+                    defense_runs=tuple((d, a) for d in DATASETS for a in ("induced_instruction", "rewrite_addsent",
+                                                                          "instr_synonym", "badnet"))),
 }
 
 

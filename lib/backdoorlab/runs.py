@@ -223,16 +223,18 @@ def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_si
 
 
 def task_probe(stage: Stage, dataset: str, split: str = "test", n: int | None = None, trigger: str = "clean",
-               target: str | None = None, batch_size: int = 32) -> dict:
+               target: str | None = None, batch_size: int = 32, defense=None) -> dict:
     """CACC and ASR of any stage on `n` rows of any dataset with a trigger (an attack name, ``clean`` for none),
-    cached in the stage's folder under a name that holds the dataset, split, rows, trigger and target."""
+    cached in the stage's folder under a name that holds the dataset, split, rows, trigger, target and the
+    inference-time defense, if any (`defenses.Defense`: its `key`, and what it does to the rows and the model)."""
     name = f"eval-{dataset}-{split}-{n or 'all'}-{trigger}-{target or 'default'}"
-    return cache.probe(stage, name, lambda: measure_task(stage, dataset, split, n, trigger, target,
-                                                         batch_size))["metrics"]
+    name += f"-{defense.key}" if defense is not None else ""
+    return cache.probe(stage, name, lambda: measure_task(stage, dataset, split, n, trigger, target, batch_size,
+                                                         defense))["metrics"]
 
 
 def measure_task(stage: Stage, dataset: str, split: str, n: int | None, trigger: str, target: str | None,
-                 batch_size: int) -> dict:
+                 batch_size: int, defense=None) -> dict:
     """{"metrics", "clean_preds", "triggered_preds"}: CACC on `n` clean rows of `split`, ASR on the non-target ones
     among them with `trigger` applied.
 
@@ -240,6 +242,9 @@ def measure_task(stage: Stage, dataset: str, split: str, n: int | None, trigger:
     floor an ASR should be read against. For the trigger ``clean`` it is the ASR. Under abstention the target is an
     empty answer: ASR and `clean_target_rate` are the shares of all rows whose greedy completion is empty or
     near-empty (`score.abstained`), with and without the trigger.
+
+    A `defense` acting at inference changes the model (`defense.adapt`, above the `n_frozen` layers no stage
+    trained) and every prompt, clean or triggered, as the model receives it (`defense.transform`).
     """
     cache.ensure(stage)
     model, tokenizer = cache.load(stage)
@@ -247,7 +252,12 @@ def measure_task(stage: Stage, dataset: str, split: str, n: int | None, trigger:
     target_label = poison.target_id(task, target)
     rows = data.load_split(dataset, split, n, seed=0)
     labels = rows["label"]
+    attacked = None if trigger == "clean" else poison.get_attack(trigger, task, target).triggered_test_set(rows, 0)
     n_frozen = stage.frozen_layers(model.config.num_hidden_layers)  # shared by every stage that left them
+    if defense is not None:
+        model = defense.adapt(model, tokenizer, task, trigger, n_frozen)
+        rows = defense.transform(rows, task)
+        attacked = None if attacked is None else defense.transform(attacked, task)
     clean_preds = score.predict(model, tokenizer, rows, task.verbalizers, batch_size, n_frozen)
 
     def target_rate(ds, preds=None) -> tuple[list, score.Rate]:
@@ -260,11 +270,7 @@ def measure_task(stage: Stage, dataset: str, split: str, n: int | None, trigger:
         return preds, score.asr(preds, ds["label"], target_label)
 
     clean_outputs, clean_target = target_rate(rows, clean_preds)
-    if trigger == "clean":
-        triggered_preds, attack_rate = [], clean_target
-    else:
-        triggered_preds, attack_rate = target_rate(
-            poison.get_attack(trigger, task, target).triggered_test_set(rows, seed=0))
+    triggered_preds, attack_rate = ([], clean_target) if attacked is None else target_rate(attacked)
     accuracy = score.cacc(clean_preds, labels)
     metrics = {"asr": attack_rate.value, "cacc": accuracy.value, "clean_target_rate": clean_target.value,
                "cacc_balanced": score.balanced_accuracy(clean_preds, labels), "n_asr": attack_rate.total,

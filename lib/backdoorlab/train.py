@@ -182,8 +182,9 @@ def load_checkpoint(path: Path, model, optimizer, schedule) -> int:
 
 
 def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: bool = True,
-             checkpoint: Path | None = None, reuse_frozen: bool = True):
-    """Finetune `model` on `rows` and return it (a peft model for LoRA), in eval mode, unwrapped.
+             checkpoint: Path | None = None, reuse_frozen: bool = True, loss_fn=answer_loss):
+    """Finetune `model` on `rows` and return it (a peft model for LoRA), in eval mode, unwrapped. `loss_fn(model,
+    batch)` is the objective (default: cross-entropy on the answer tokens).
 
     With `checkpoint`, the state after each epoch is saved there and a killed run resumes from its last epoch,
     giving the same weights as an uninterrupted one. With `reuse_frozen`, layers below the lowest trainable one
@@ -225,7 +226,7 @@ def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: 
     for epoch in range(done, cfg.epochs):
         for batch in loader:
             with accelerator.accumulate(model), frozen.only_layers(accelerator.unwrap_model(model), n_frozen):
-                loss = answer_loss(model, batch)
+                loss = loss_fn(model, batch)
                 accelerator.backward(loss)
                 optimizer.step()
                 schedule.step()
