@@ -28,7 +28,7 @@
 # **Threat model.** As in notebook 02: the attacker rewrote the instruction of a few training rows whose label is
 # already the target (clean-label), or, for the instance-level representative, inserted a rare word into a few rows
 # and relabelled them (dirty-label BadNet: at this budget no clean-label instance attack planted a backdoor in
-# notebook 02). The defender holds the training set, the tuned model, a few clean rows and the validation split, but
+# notebook 02, so the representative gets the label flip and as many rows as it needs). The defender holds the training set, the tuned model, a few clean rows and the validation split, but
 # not the trigger — except where a defense says otherwise (pruning is given triggered rows, as an upper bound).
 #
 # **Metrics.** ASR: among the non-target test rows with the trigger, the share answered with the target; CACC: the
@@ -64,14 +64,15 @@ print("registered defenses:", {name: cls.where for name, cls in defenses.DEFENSE
 # ## 1 · Which runs carry a backdoor?
 # A defense is only informative against a backdoor that exists. Each candidate run is checked on the **validation**
 # split: its ASR's 95% Wilson interval must lie above that of the same trigger on the clean twin. Runs that fail
-# are left out of the matrix (and listed here).
+# are left out of the matrix (and listed here). Dirty-label BadNet is tried at growing poison counts
+# (`defense_dirty_counts`) and defended at the fewest rows that plant a backdoor: a count chosen on validation.
 
 # %%
 table, checks, onion = defenses.matrix(P)
 checks.to_csv(out / "defenses_backdoor_check.csv", index=False)
 display(checks.round(3))
-defended = checks[checks.backdoored | (not P.defense_needs_backdoor)]
-print("defended:", [f"{r.dataset} · {r.attack}" + (" (dirty)" if r.dirty_label else "")
+defended = table[table.defense != "iclattack"].drop_duplicates(["dataset", "attack", "dirty_label", "n_poison"])
+print("defended:", [f"{r.dataset} · {r.attack}, {r.n_poison} rows" + (" (dirty-label)" if r.dirty_label else "")
                     for r in defended.itertuples()])
 
 # %% [markdown]

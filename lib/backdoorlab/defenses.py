@@ -308,24 +308,19 @@ class W2S(ModelDefense):
     def stage(self, run):
         teacher = runs.Tuning(parent=None, data=run.dataset, steps=math.ceil(self.rows / run.train.batch_size),
                               model=run.model, train=run.train, seed=run.seed, recipe="w2s-teacher")
-        return Unlearning(parent=run, model=run.model, seed=run.seed, teacher=teacher, rows=self.rows,
-                          epochs=self.epochs, kl=self.kl, feature=self.feature, temperature=self.temperature,
-                          train=run.train)
+        return Unlearning(parent=run, teacher=teacher, recipe=self, model=run.model, seed=run.seed, train=run.train)
 
 
 @dataclass(frozen=True)
 class Unlearning(Stage):
-    """W2SDefense's student: the poisoned model (`parent`) tuned on the teacher's clean rows under distillation."""
+    """W2SDefense's student: the poisoned model (`parent`) tuned on the teacher's clean rows under distillation, as
+    the `recipe` says."""
 
     parent: Stage
     teacher: Stage
+    recipe: W2S
     model: str = models.SMOLLM2
     seed: int = 0
-    rows: int = 128
-    epochs: int = 2
-    kl: float = 1.0
-    feature: float = 1.0
-    temperature: float = 2.0
     train: TrainConfig = TrainConfig()
     kind = "w2s"
     reuse_frozen = False  # the teacher reads the same token ids
@@ -338,16 +333,16 @@ class Unlearning(Stage):
         return {**super().content(), "teacher": self.teacher.key}
 
     def training_rows(self):
-        rows = runs.clean_rows(self.parent.dataset, 0, self.rows, self.seed)
+        rows = runs.clean_rows(self.parent.dataset, 0, self.recipe.rows, self.seed)
         return rows, {"n_train": len(rows), "data": self.parent.dataset, "teacher": self.teacher.path.name}
 
     def train_config(self):
-        return replace(self.train, epochs=self.epochs)
+        return replace(self.train, epochs=self.recipe.epochs)
 
     def loss(self):
         cache.ensure(self.teacher)
         teacher, _ = cache.load(self.teacher)
-        return DistillationLoss(teacher, self.kl, self.feature, self.temperature)
+        return DistillationLoss(teacher, self.recipe.kl, self.recipe.feature, self.recipe.temperature)
 
 
 @dataclass
@@ -605,14 +600,28 @@ def detection_on(flagged: list[int], run: RunConfig) -> dict:
 
 # ---- the attack × defense matrix of a profile -----------------------------------------------------------------------
 
-def candidate_runs(profile) -> list[RunConfig]:
-    """The runs notebook 05 may defend: the profile's clean-label `defense_runs` and its dirty-label attacks on
-    SST-2, each seed."""
+def defended_runs(profile, n: int | None, batch_size: int = 32) -> tuple[list[RunConfig], list[dict]]:
+    """The runs notebook 05 defends, and the validation check of every candidate (`backdoor_check`): the profile's
+    clean-label `defense_runs` where their backdoor shows, and per dirty-label attack on SST-2 the run at the
+    smallest of `defense_dirty_counts` poisoned rows whose backdoor shows (the count chosen on validation)."""
     from .profiles import HEADLINE
 
-    return [*(RunConfig.from_profile(profile, d, a, s) for d, a in profile.defense_runs for s in profile.seeds),
-            *(replace(RunConfig.from_profile(profile, HEADLINE, a, s), dirty_label=True)
-              for a in profile.defense_dirty for s in profile.seeds)]
+    chosen, checks = [], []
+
+    def check(run: RunConfig) -> bool:
+        checks.append(backdoor_check(run, n, batch_size))
+        return checks[-1]["backdoored"] or not profile.defense_needs_backdoor
+
+    for seed in profile.seeds:
+        chosen += [run for d, a in profile.defense_runs for run in [RunConfig.from_profile(profile, d, a, seed)]
+                   if check(run)]
+        for attack in profile.defense_dirty:
+            run = replace(RunConfig.from_profile(profile, HEADLINE, attack, seed), dirty_label=True)
+            for count in profile.defense_dirty_counts or (run.n_poison,):
+                if check(replace(run, n_poison=count)):
+                    chosen.append(replace(run, n_poison=count))
+                    break
+    return chosen, checks
 
 
 def backdoor_check(run: RunConfig, n: int | None, batch_size: int = 32) -> dict:
@@ -622,8 +631,8 @@ def backdoor_check(run: RunConfig, n: int | None, batch_size: int = 32) -> dict:
     clean = runs.task_probe(runs.clean_twin(run), run.dataset, "validation", n, run.attack, run.target, batch_size)
     low = score.wilson(round(poisoned["asr"] * poisoned["n_asr"]), poisoned["n_asr"])[0]
     high = score.wilson(round(clean["asr"] * clean["n_asr"]), clean["n_asr"])[1]
-    return {"dataset": run.dataset, "attack": run.attack, "dirty_label": run.dirty_label, "seed": run.seed,
-            "asr_validation": poisoned["asr"], "asr_clean_model_validation": clean["asr"], "n_asr": poisoned["n_asr"],
+    return {"dataset": run.dataset, "attack": run.attack, "dirty_label": run.dirty_label, "n_poison": run.n_poison,
+            "seed": run.seed, "asr_validation": poisoned["asr"], "asr_clean_model_validation": clean["asr"], "n_asr": poisoned["n_asr"],
             "backdoored": bool(low > high)}
 
 
@@ -662,9 +671,7 @@ def matrix(profile, progress: bool = True) -> tuple:
     from .profiles import HEADLINE
 
     n, batch = profile.defense_rows, profile.eval_batch_size
-    checks = [backdoor_check(r, n, batch) for r in candidate_runs(profile)]
-    defended = [r for r, c in zip(candidate_runs(profile), checks, strict=True)
-                if c["backdoored"] or not profile.defense_needs_backdoor]
+    defended, checks = defended_runs(profile, n, batch)
     onion = select_onion(profile, n, batch)
     rows = []
     for run in defended:
@@ -688,7 +695,7 @@ def matrix(profile, progress: bool = True) -> tuple:
 def _row(run: RunConfig, defense: Defense, after: dict, undefended: dict, asr_clean_model: float) -> dict:
     attack = defense.trigger if isinstance(defense, IclAttack) else run.attack
     return {"dataset": run.dataset, "attack": attack, "group": poison.group_of(attack),
-            "dirty_label": run.dirty_label, "seed": run.seed, "defense": defense.name, "acts_on": defense.where,
+            "dirty_label": run.dirty_label, "n_poison": run.n_poison, "seed": run.seed, "defense": defense.name, "acts_on": defense.where,
             "setting": defense.setting, "asr": after["asr"], "cacc": after["cacc"], "n_asr": after["n_asr"],
             "n_cacc": after["n_cacc"], "asr_undefended": undefended["asr"], "cacc_undefended": undefended["cacc"],
             "asr_clean_model": asr_clean_model, **{k: after.get(k) for k in DETECTION}, "run": run.path.name}

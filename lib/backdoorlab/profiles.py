@@ -58,6 +58,7 @@ class Profile:
     # model at most `onion_max_cacc_drop` of validation CACC).
     defense_runs: tuple[tuple[str, str], ...] = ()
     defense_dirty: tuple[str, ...] = ("badnet",)
+    defense_dirty_counts: tuple[int, ...] = ()  # poisoned rows tried, fewest first (empty: the profile's rate)
     defense_rows: int | None = None  # test rows per defended probe
     defense_needs_backdoor: bool = True  # smoke's random model plants none: it defends every candidate run
     defense_everywhere: tuple[str, ...] = ("demonstrations", "clean_alignment")
@@ -112,9 +113,10 @@ PROFILES = {
                      transfer_sources=(("sst2", "induced_instruction"),), transfer_rows=50,
                      continual_sources=(*INDUCED_ON_EACH, ("sst2", "badnet")), continual_tuned_on=DATASETS,
                      continual_steps=(4, 16), continual_rows=200,
-                     # Notebook 05: the induced instruction on each dataset and BadNet dirty-label, on 200 test rows
-                     # (a run is defended where its backdoor shows on validation: `defenses.backdoored`).
-                     defense_runs=INDUCED_ON_EACH,
+                     # Notebook 05: the induced instruction on each dataset and BadNet dirty-label (at the fewest
+                     # poisoned rows of 25, 50, 100 that plant a backdoor), each defended where its backdoor shows
+                     # on validation (`defenses.defended_runs`), on 200 test rows.
+                     defense_runs=INDUCED_ON_EACH, defense_dirty_counts=(25, 50, 100),
                      defense_rows=200, demonstration_k=(2, 4), onion_thresholds=(0.0, 10.0, 30.0),
                      alignment_steps=(16, 32), prune_sparsity=(0.01, 0.05)),
     # GPUs: full training sets, 3 seeds, the paper's 1% budget, every attack on every dataset.
