@@ -666,8 +666,9 @@ def profile_defenses(profile, onion: list[dict]) -> list[Defense]:
 
 def matrix(profile, progress: bool = True) -> tuple:
     """(defenses table, backdoor checks, ONION selection): ASR and CACC of every defended run under every defense,
-    beside the run undefended and the clean model (the same trigger on the clean twin), on `defense_rows` test
-    rows. ICLAttack rows attack the clean model, their `asr_clean_model` being the same k clean demonstrations."""
+    beside the run undefended and the clean model (`*_clean_model`: the same trigger on the clean twin), on
+    `defense_rows` test rows. ICLAttack rows attack the clean model; their `*_clean_model` columns are the same k
+    clean demonstrations."""
     from .profiles import HEADLINE
 
     n, batch = profile.defense_rows, profile.eval_batch_size
@@ -680,25 +681,26 @@ def matrix(profile, progress: bool = True) -> tuple:
         for defense in profile_defenses(profile, onion):
             if run.dataset != HEADLINE and defense.name not in profile.defense_everywhere:
                 continue
-            rows.append(_row(run, defense, evaluate(defense, run, n, batch), undefended, floor["asr"]))
+            rows.append(_row(run, defense, evaluate(defense, run, n, batch), undefended, floor))
     clean = RunConfig.from_profile(profile, HEADLINE, "clean", profile.seeds[0])
     trigger = IclAttack().trigger
     no_demos = runs.task_probe(clean, HEADLINE, "test", n, trigger, None, batch)
     for k in profile.demonstration_k:
-        control = runs.task_probe(clean, HEADLINE, "test", n, trigger, None, batch, Demonstrations(k))["asr"]
+        control = runs.task_probe(clean, HEADLINE, "test", n, trigger, None, batch, Demonstrations(k))
         rows.append(_row(clean, IclAttack(k), evaluate(IclAttack(k), clean, n, batch), no_demos, control))
     import pandas as pd
 
     return pd.DataFrame(rows), pd.DataFrame(checks), pd.DataFrame(onion)
 
 
-def _row(run: RunConfig, defense: Defense, after: dict, undefended: dict, asr_clean_model: float) -> dict:
+def _row(run: RunConfig, defense: Defense, after: dict, undefended: dict, clean_model: dict) -> dict:
     attack = defense.trigger if isinstance(defense, IclAttack) else run.attack
     return {"dataset": run.dataset, "attack": attack, "group": poison.group_of(attack),
             "dirty_label": run.dirty_label, "n_poison": run.n_poison, "seed": run.seed, "defense": defense.name, "acts_on": defense.where,
             "setting": defense.setting, "asr": after["asr"], "cacc": after["cacc"], "n_asr": after["n_asr"],
             "n_cacc": after["n_cacc"], "asr_undefended": undefended["asr"], "cacc_undefended": undefended["cacc"],
-            "asr_clean_model": asr_clean_model, **{k: after.get(k) for k in DETECTION}, "run": run.path.name}
+            "asr_clean_model": clean_model["asr"], "cacc_clean_model": clean_model["cacc"],
+            **{k: after.get(k) for k in DETECTION}, "run": run.path.name}
 
 
 DETECTION = ("precision", "recall", "false_positive_rate", "flagged")

@@ -214,29 +214,30 @@ def continual_curve(table: pd.DataFrame, profile: str):
 
 
 def _defended_model(table: pd.DataFrame) -> pd.Series:
-    """A defended run's label: dataset · attack, dirty-label runs marked."""
-    return table.dataset + " · " + table.attack + np.where(table.dirty_label, " (dirty)", "")
+    """A defended run's label: dataset, attack and poisoned rows (dirty-label runs marked), one per line."""
+    return (table.dataset + "\n" + table.attack + "\n" + table.n_poison.astype(str) + " rows"
+            + np.where(table.dirty_label, ", dirty", ""))
 
 
 def defense_heatmap(table: pd.DataFrame, profile: str):
     """ASR and CACC of every defended run (columns) under every defense setting (rows), the undefended run and the
-    clean model (the same trigger, no backdoor) on top. Empty: a defense not run on that dataset."""
+    clean model (its clean twin: the same rows, nothing poisoned, the same trigger) on top. Empty: a defense not run
+    on that dataset."""
     table = table[table.defense != "iclattack"].assign(model=_defended_model, row=lambda t: t.defense + " " + t.setting)
     models = list(dict.fromkeys(table.model))
     firsts = table.drop_duplicates("model").set_index("model")
-    fig, axes = plt.subplots(1, 2, figsize=(2.6 + 2.2 * len(models), 0.42 * table.row.nunique() + 2.4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(2.6 + 2.0 * len(models), 0.42 * table.row.nunique() + 2.4), sharey=True)
     for ax, metric in zip(axes, ("asr", "cacc")):
         grid = table.pivot(index="row", columns="model", values=metric).reindex(
             index=list(dict.fromkeys(table.row)), columns=models)
-        top = pd.DataFrame([firsts[f"{metric}_undefended"]], index=["undefended"])
-        if metric == "asr":
-            top.loc["clean model (floor)"] = firsts.asr_clean_model
+        top = pd.DataFrame([firsts[f"{metric}_undefended"], firsts[f"{metric}_clean_model"]],
+                           index=["undefended", "clean model (floor)"])
         grid = pd.concat([top.reindex(columns=models), grid])
         sns.heatmap(grid.astype(float), annot=True, fmt=".2f", vmin=0, vmax=1, cmap="Reds" if metric == "asr"
                     else "Greens", cbar=False, ax=ax, annot_kws={"fontsize": 8})
         ax.axhline(len(top), color="black", lw=1.5)
         ax.set(title=metric.upper(), xlabel="", ylabel="")
-        ax.tick_params(axis="x", rotation=30)
+        ax.tick_params(axis="x", rotation=0, labelsize=8)
         ax.grid(False)
     fig.suptitle(f"Defenses against the saved attack runs (profile {profile})", y=1.02)
     return save(fig, profile, "defenses")
@@ -274,6 +275,7 @@ def pruning_curve(table: pd.DataFrame, profile: str):
     long = lines.melt(id_vars=["model", "sparsity"], value_vars=["asr", "cacc"], var_name="metric")
     grid = sns.relplot(long, x="sparsity", y="value", hue="model", col="metric", kind="line", marker="o", height=3.2,
                        aspect=1.3)
-    grid.set(ylim=(0, 1.02))
+    grid.set(ylim=(0, 1.02), ylabel="")
+    grid.set_titles("{col_name}")
     grid.figure.suptitle(f"One-shot pruning after tuning (profile {profile})", y=1.04)
     return save(grid.figure, profile, "defenses_pruning")
