@@ -85,7 +85,8 @@ print("defended:", [f"{r.dataset} · {r.attack}, {r.n_poison} rows" + (" (dirty-
 #
 # The threshold is a setting, so it is chosen on validation and without the trigger, as a defender would: on the
 # clean model, the smallest threshold (most words removed) that costs at most `onion_max_cacc_drop` of validation
-# CACC.
+# CACC (`within_budget`); if none does, the one that costs least. Suspicions are differences of perplexities, so
+# the thresholds are in perplexity points, and a sentence the LM finds odd throughout has large ones everywhere.
 
 # %%
 onion.to_csv(out / "defenses_onion_validation.csv", index=False)

@@ -639,7 +639,7 @@ def backdoor_check(run: RunConfig, n: int | None, batch_size: int = 32) -> dict:
 def select_onion(profile, n: int | None = None, batch_size: int = 32) -> list[dict]:
     """ONION's threshold per field, chosen on validation without any trigger: on the SST-2 clean model, the
     smallest threshold (the most words removed) whose validation CACC is at most `onion_max_cacc_drop` below the
-    undefended one. One row per (field, threshold) with `chosen` marked."""
+    undefended one (if none is, the one that costs least). One row per (field, threshold), `chosen` marked."""
     from .profiles import HEADLINE
 
     clean = RunConfig.from_profile(profile, HEADLINE, "clean", profile.seeds[0])
@@ -649,9 +649,9 @@ def select_onion(profile, n: int | None = None, batch_size: int = 32) -> list[di
         rows = [{"field": f, "threshold": t, "cacc": runs.task_probe(clean, HEADLINE, "validation", n, "clean", None,
                                                                       batch_size, Onion(t, f, profile.model))["cacc"],
                  "cacc_undefended": base} for t in profile.onion_thresholds]
-        ok = [r for r in rows if r["cacc"] >= base - profile.onion_max_cacc_drop] or rows[-1:]
-        chosen = min(ok, key=lambda r: r["threshold"])
-        out += [{**r, "chosen": r is chosen} for r in rows]
+        ok = [r for r in rows if r["cacc"] >= base - profile.onion_max_cacc_drop]
+        chosen = min(ok, key=lambda r: r["threshold"]) if ok else max(rows, key=lambda r: r["cacc"])
+        out += [{**r, "within_budget": r in ok, "chosen": r is chosen} for r in rows]
     return out
 
 

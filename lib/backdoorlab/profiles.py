@@ -63,7 +63,7 @@ class Profile:
     defense_needs_backdoor: bool = True  # smoke's random model plants none: it defends every candidate run
     defense_everywhere: tuple[str, ...] = ("demonstrations", "clean_alignment")
     demonstration_k: tuple[int, ...] = (1, 2, 4, 8)
-    onion_thresholds: tuple[float, ...] = (0.0, 10.0, 30.0, 100.0)
+    onion_thresholds: tuple[float, ...] = (0.0, 10.0, 30.0, 100.0, 300.0, 1000.0)  # perplexity points
     onion_max_cacc_drop: float = 0.02
     alignment_steps: tuple[int, ...] = (16, 64, 256)
     prune_sparsity: tuple[float, ...] = (0.01, 0.05, 0.1)
@@ -117,7 +117,7 @@ PROFILES = {
                      # poisoned rows of 25, 50, 100 that plant a backdoor), each defended where its backdoor shows
                      # on validation (`defenses.defended_runs`), on 200 test rows.
                      defense_runs=INDUCED_ON_EACH, defense_dirty_counts=(25, 50, 100),
-                     defense_rows=200, demonstration_k=(2, 4), onion_thresholds=(0.0, 10.0, 30.0),
+                     defense_rows=200, demonstration_k=(2, 4), onion_thresholds=(10.0, 100.0, 300.0, 1000.0),
                      alignment_steps=(16, 32), prune_sparsity=(0.01, 0.05)),
     # GPUs: full training sets, 3 seeds, the paper's 1% budget, every attack on every dataset.
     "full": Profile(name="full", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0, 1, 2),
