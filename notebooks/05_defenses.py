@@ -28,14 +28,17 @@
 # **Threat model.** As in notebook 02: the attacker rewrote the instruction of a few training rows whose label is
 # already the target (clean-label), or, for the instance-level representative, inserted a rare word into a few rows
 # and relabelled them (dirty-label BadNet: at this budget no clean-label instance attack planted a backdoor in
-# notebook 02, so the representative gets the label flip and as many rows as it needs). The defender holds the training set, the tuned model, a few clean rows and the validation split, but
+# notebook 02, so the representative gets the label flip and up to 100 of 500 rows; section 1 says whether that
+# was enough). The defender holds the training set, the tuned model, a few clean rows and the validation split, but
 # not the trigger — except where a defense says otherwise (pruning is given triggered rows, as an upper bound).
 #
 # **Metrics.** ASR: among the non-target test rows with the trigger, the share answered with the target; CACC: the
 # share of clean test rows answered correctly (`docs/study.md`). Each defended number sits beside the run undefended
 # and beside the **clean model** (the same trigger on the run's clean twin, trained on the same rows with nothing
-# poisoned): a defense can at best bring ASR down to that floor. For the detectors: precision and recall of the
-# rows they flag against the rows the attack changed, and the share of clean rows flagged.
+# poisoned): a defense can at best bring ASR down to that floor. `clean_target_rate` is the defended model's own
+# share of target answers on the same rows without the trigger: an ASR that moves with it moved for another reason
+# than the trigger (a damaged input, a changed bias). For the detectors: precision and recall of the rows they flag
+# against the rows the attack changed, and the share of clean rows flagged.
 #
 # Everything below reads the one run cache: each defense's probes are saved in the attack run's folder, and the
 # models a defense trains (a clean tuning, a filtered retraining, a distilled student) are stages whose parent is
@@ -63,7 +66,9 @@ print("registered defenses:", {name: cls.where for name, cls in defenses.DEFENSE
 # %% [markdown]
 # ## 1 · Which runs carry a backdoor?
 # A defense is only informative against a backdoor that exists. Each candidate run is checked on the **validation**
-# split: its ASR's 95% Wilson interval must lie above that of the same trigger on the clean twin. Runs that fail
+# split: its ASR's 95% Wilson interval must lie above that of the same trigger on the clean twin *and* above that of
+# its own answers without the trigger (its clean target rate): poisoned rows can also teach a plain bias toward the
+# target, which answers the target with or without the trigger and is no backdoor. Runs that fail
 # are left out of the matrix (and listed here). Dirty-label BadNet is tried at growing poison counts
 # (`defense_dirty_counts`) and defended at the fewest rows that plant a backdoor: a count chosen on validation.
 
@@ -112,11 +117,16 @@ plots.defense_heatmap(table, P.name);
 
 # %% [markdown]
 # ## 4 · ONION against instance-level and instruction-level triggers
-# The paper found ONION lowers instruction attacks' ASR by under 4 points. Here is the drop (undefended − defended
-# ASR) for each run, with whether it is beyond sampling noise (the 95% Wilson intervals of the two ASRs do not
-# overlap), and the claim checked in code.
+# The paper found ONION lowers instruction attacks' ASR by under 4 points; it was built for, and works against,
+# inserted rare words. Below, for each run, the drop (undefended − defended ASR), whether it is beyond sampling
+# noise (the 95% Wilson intervals of the two ASRs do not overlap), and whether the task survived (CACC at most
+# `CACC_COST` below the undefended run's: a "defense" that lowers ASR by breaking the task defends nothing). On the
+# input, every threshold of the sweep is shown; the claim is checked at the one validation chose.
 
 # %%
+CACC_COST = 0.05
+
+
 def significant_drop(r) -> bool:
     before = score.wilson(round(r.asr_undefended * r.n_asr), r.n_asr)
     after = score.wilson(round(r.asr * r.n_asr), r.n_asr)
@@ -125,17 +135,33 @@ def significant_drop(r) -> bool:
 
 table["asr_drop"] = table.asr_undefended - table.asr
 table["significant_drop"] = [significant_drop(r) for r in table.itertuples()]
+table["task_kept"] = table.cacc >= table.cacc_undefended - CACC_COST
+table["lowered"] = table.significant_drop & table.task_kept
 onion_rows = table[table.defense == "onion"]
-display(onion_rows[["dataset", "attack", "group", "dirty_label", "setting", "asr_undefended", "asr", "asr_drop",
-                    "significant_drop", "cacc_undefended", "cacc"]].round(3))
-on_input = onion_rows[onion_rows.setting.str.startswith("field=text")]
-instance_drop = on_input[on_input.group == "instance"].asr_drop
-instruction_drop = on_input[on_input.group != "instance"].asr_drop
-if len(instance_drop) and len(instruction_drop):
-    holds = instance_drop.min() > instruction_drop.max()
-    print(f"ONION on the input lowers instance-level ASR by {instance_drop.mean():.3f} and instruction-level ASR by "
-          f"{instruction_drop.mean():.3f} on average: the paper's claim (far more for instance-level) "
-          f"{'holds' if holds else 'does not hold'} on these runs.")
+display(onion_rows[["dataset", "attack", "group", "dirty_label", "setting", "chosen_on_validation", "asr_undefended",
+                    "asr", "asr_drop", "significant_drop", "cacc_undefended", "cacc", "task_kept"]].round(3))
+chosen = onion_rows[onion_rows.chosen_on_validation.eq(True) & onion_rows.setting.str.startswith("field=text")]
+instance, instruction = chosen[chosen.group == "instance"], chosen[chosen.group != "instance"]
+if len(instance) and len(instruction):
+    holds = instance.lowered.all() and not instruction.lowered.any()
+    print(f"ONION on the input at the chosen threshold lowers instance-level ASR by {instance.asr_drop.mean():+.3f} "
+          f"and instruction-level ASR by {instruction.asr_drop.mean():+.3f}: the paper's claim (far more for "
+          f"instance-level triggers) {'holds' if holds else 'does not hold'} on these runs.")
+else:
+    print(f"ONION on the input lowers instruction-level ASR by {instruction.asr_drop.mean():+.3f} at the chosen "
+          "threshold; no instance-level run carries a backdoor (section 1), so the comparison the paper makes "
+          "cannot be made on ASR here: the next cell asks the question without a model.")
+
+# %% [markdown]
+# **Does ONION find an instance-level trigger at all?** That needs no backdoor: on the same test rows with BadNet's
+# rare words inserted, the share of rows whose inserted words ONION removes, and how many words it removes from
+# triggered and from clean inputs, per threshold. An instruction attack leaves the input alone: there is nothing in
+# it for ONION to find.
+
+# %%
+removal = pd.DataFrame(defenses.onion_removal("sst2", "badnet", P.defense_rows, P.model, P.onion_thresholds))
+removal.to_csv(out / "defenses_onion_removal.csv", index=False)
+display(removal.round(3))
 
 # %% [markdown]
 # ## 5 · Clean demonstrations, and ICLAttack
@@ -149,13 +175,13 @@ if len(instance_drop) and len(instruction_drop):
 # %%
 demos = table[table.defense.isin(["demonstrations", "iclattack"])]
 display(demos[["dataset", "attack", "dirty_label", "defense", "setting", "asr_undefended", "asr", "asr_clean_model",
-               "significant_drop", "cacc_undefended", "cacc"]].round(3))
+               "significant_drop", "cacc_undefended", "cacc", "task_kept"]].round(3))
 plots.demonstration_curve(table, P.name);
 instruction_demos = table[(table.defense == "demonstrations") & (table.group != "instance")]
-lowered = instruction_demos.groupby(["dataset", "attack"]).significant_drop.any()
-print(f"clean demonstrations lower instruction-attack ASR beyond noise on {lowered.sum()} of {len(lowered)} runs "
-      f"(the paper: on every dataset): {'holds' if len(lowered) and lowered.all() else 'does not hold'} on all "
-      "of them.")
+lowered = instruction_demos.groupby(["dataset", "attack"]).lowered.any()
+print(f"clean demonstrations lower instruction-attack ASR beyond noise, the task kept, at some k on {lowered.sum()} "
+      f"of {len(lowered)} runs (the paper: on every dataset): "
+      f"{'holds' if len(lowered) and lowered.all() else 'does not hold'} on all of them.")
 
 # %% [markdown]
 # ## 6 · Clean alignment tuning (our stand-in for RLHF)
@@ -168,11 +194,12 @@ paper = pd.DataFrame(data.paper_reference("defenses"))
 paper = paper[paper.source != "all"].pivot(index="source", columns="target", values="value")
 aligned = table[table.defense == "clean_alignment"]
 display(aligned[["dataset", "attack", "dirty_label", "setting", "asr_undefended", "asr", "asr_clean_model",
-                 "significant_drop", "cacc_undefended", "cacc"]].round(3))
+                 "significant_drop", "cacc_undefended", "cacc", "task_kept"]].round(3))
 print("the paper (LLaMA-2 7B; clean_alignment = the RLHF chat model):")
 display(paper)
-lowered = aligned[aligned.group != "instance"].groupby(["dataset", "attack"]).significant_drop.any()
-print(f"clean alignment lowers instruction-attack ASR beyond noise on {lowered.sum()} of {len(lowered)} runs.")
+lowered = aligned[aligned.group != "instance"].groupby(["dataset", "attack"]).lowered.any()
+print(f"clean alignment lowers instruction-attack ASR beyond noise, the task kept, on {lowered.sum()} of "
+      f"{len(lowered)} runs (the paper, RLHF: on every dataset).")
 
 # %% [markdown]
 # ## 7 · Finding the poisoned rows: PSIM and the instruction audit
@@ -214,7 +241,7 @@ print(f"instruction-level poisoned sets: recall min {instruction_level.recall.mi
 # %%
 repair = table[table.defense.isin(["w2s", "prune"])]
 display(repair[["dataset", "attack", "dirty_label", "defense", "setting", "asr_undefended", "asr", "asr_clean_model",
-                "significant_drop", "cacc_undefended", "cacc"]].round(3))
+                "significant_drop", "cacc_undefended", "cacc", "task_kept"]].round(3))
 plots.pruning_curve(table, P.name);
 
 # %% [markdown]

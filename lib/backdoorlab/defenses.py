@@ -178,6 +178,29 @@ def onion_clean(text: str, suspicion: list[float], threshold: float) -> str:
     return " ".join(w for w, s in zip(words, suspicion, strict=True) if s <= threshold)
 
 
+def onion_removal(dataset: str, attack: str, n: int | None, lm: str, thresholds) -> list[dict]:
+    """How ONION treats an instance-level trigger, no model needed: per threshold, the share of `n` test rows whose
+    trigger words (what the attack added to the input) ONION removes entirely, and the words it removes per row from
+    the triggered and from the clean inputs."""
+    task = data.get_task(dataset)
+    rows = data.load_split(dataset, "test", n, seed=0)
+    attacked = poison.get_attack(attack, task).triggered_test_set(rows, seed=0)
+    clean = [r["text"] for r in rows if r["label"] != task.target_id]
+    triggered = attacked["text"]
+    suspicion = onion_suspicion(sorted(set(clean) | set(triggered)), lm)
+    added = [{w[1:] for w in instruction_change(c, t).split() if w.startswith("+")} for c, t in zip(clean, triggered)]
+    out = []
+    for threshold in thresholds:
+        kept = [set(onion_clean(t, suspicion[t], threshold).split()) for t in triggered]
+        removed = [len(t.split()) - len(onion_clean(t, suspicion[t], threshold).split()) for t in triggered]
+        removed_clean = [len(t.split()) - len(onion_clean(t, suspicion[t], threshold).split()) for t in clean]
+        out.append({"dataset": dataset, "attack": attack, "threshold": threshold, "rows": len(triggered),
+                    "trigger_removed": sum(not (a & k) for a, k in zip(added, kept)) / len(triggered),
+                    "words_removed_triggered": sum(removed) / len(removed),
+                    "words_removed_clean": sum(removed_clean) / len(removed_clean)})
+    return out
+
+
 def demonstration_rows(task: data.Task, k: int, seed: int, triggered: int = 0, trigger: str = "addsent") -> list[dict]:
     """`k` labelled training rows (labels taken in turn, so any k >= #labels shows every one), drawn by `seed`;
     the first `triggered` of them are target-label rows carrying `trigger` (ICLAttack's poisoned demonstrations),
@@ -625,15 +648,21 @@ def defended_runs(profile, n: int | None, batch_size: int = 32) -> tuple[list[Ru
 
 
 def backdoor_check(run: RunConfig, n: int | None, batch_size: int = 32) -> dict:
-    """Whether the run planted a backdoor, judged on the validation split: its ASR's 95% Wilson interval lies
-    above that of the same trigger on its clean twin. A defense says nothing about a backdoor that is not there."""
+    """Whether the run planted a backdoor, judged on the validation split: its ASR's 95% Wilson interval lies above
+    both that of the same trigger on its clean twin and that of its own answers without the trigger (its clean
+    target rate), so the trigger, not a bias the poisoned rows taught, moves it. A defense says nothing about a
+    backdoor that is not there."""
     poisoned = runs.task_probe(run, run.dataset, "validation", n, run.attack, run.target, batch_size)
     clean = runs.task_probe(runs.clean_twin(run), run.dataset, "validation", n, run.attack, run.target, batch_size)
-    low = score.wilson(round(poisoned["asr"] * poisoned["n_asr"]), poisoned["n_asr"])[0]
-    high = score.wilson(round(clean["asr"] * clean["n_asr"]), clean["n_asr"])[1]
+
+    def interval(rate: float) -> tuple[float, float]:
+        return score.wilson(round(rate * poisoned["n_asr"]), poisoned["n_asr"])
+
+    floor = max(interval(clean["asr"])[1], interval(poisoned["clean_target_rate"])[1])
     return {"dataset": run.dataset, "attack": run.attack, "dirty_label": run.dirty_label, "n_poison": run.n_poison,
-            "seed": run.seed, "asr_validation": poisoned["asr"], "asr_clean_model_validation": clean["asr"], "n_asr": poisoned["n_asr"],
-            "backdoored": bool(low > high)}
+            "seed": run.seed, "asr_validation": poisoned["asr"], "asr_clean_model_validation": clean["asr"],
+            "clean_target_rate_validation": poisoned["clean_target_rate"], "n_asr": poisoned["n_asr"],
+            "backdoored": bool(interval(poisoned["asr"])[0] > floor)}
 
 
 def select_onion(profile, n: int | None = None, batch_size: int = 32) -> list[dict]:
@@ -655,18 +684,22 @@ def select_onion(profile, n: int | None = None, batch_size: int = 32) -> list[di
     return out
 
 
-def profile_defenses(profile, onion: list[dict]) -> list[Defense]:
-    """Every defense setting the profile sweeps (ONION at the thresholds `select_onion` chose)."""
+def profile_defenses(profile, onion: list[dict]) -> list[tuple[Defense, bool | None]]:
+    """Every defense setting the profile sweeps, each with whether validation chose it (ONION's threshold: on the
+    instruction the chosen one only, on the input every one of the sweep for comparison; None where nothing was
+    chosen and the sweep is reported whole)."""
     steps = profile.alignment_steps
-    return [*(Onion(r["threshold"], r["field"], profile.model) for r in onion if r["chosen"]),
-            *(Demonstrations(k) for k in profile.demonstration_k),
-            *(CleanAlignment(s, math.gcd(*steps)) for s in steps),
-            W2S(rows=profile.w2s_rows), *(Prune(s) for s in profile.prune_sparsity), Psim(), InstructionAudit()]
+    others = [*(Demonstrations(k) for k in profile.demonstration_k),
+              *(CleanAlignment(s, math.gcd(*steps)) for s in steps),
+              W2S(rows=profile.w2s_rows), *(Prune(s) for s in profile.prune_sparsity), Psim(), InstructionAudit()]
+    return [*((Onion(r["threshold"], r["field"], profile.model), r["chosen"]) for r in onion
+              if r["chosen"] or r["field"] == "text"), *((d, None) for d in others)]
 
 
-def matrix(profile, progress: bool = True) -> tuple:
-    """(defenses table, backdoor checks, ONION selection): ASR and CACC of every defended run under every defense,
-    beside the run undefended and the clean model (`*_clean_model`: the same trigger on the clean twin), on
+def matrix(profile) -> tuple:
+    """(defenses table, backdoor checks, ONION selection): ASR, CACC and the clean target rate (the run's own
+    answers without the trigger) of every defended run under every defense, beside the run undefended and the clean
+    model (`*_clean_model`: the same trigger on the clean twin), on
     `defense_rows` test rows. ICLAttack rows attack the clean model; their `*_clean_model` columns are the same k
     clean demonstrations."""
     from .profiles import HEADLINE
@@ -678,10 +711,11 @@ def matrix(profile, progress: bool = True) -> tuple:
     for run in defended:
         undefended = runs.task_probe(run, run.dataset, "test", n, run.attack, run.target, batch)
         floor = runs.task_probe(runs.clean_twin(run), run.dataset, "test", n, run.attack, run.target, batch)
-        for defense in profile_defenses(profile, onion):
+        for defense, chosen in profile_defenses(profile, onion):
             if run.dataset != HEADLINE and defense.name not in profile.defense_everywhere:
                 continue
-            rows.append(_row(run, defense, evaluate(defense, run, n, batch), undefended, floor))
+            rows.append(_row(run, defense, evaluate(defense, run, n, batch), undefended, floor) |
+                        {"chosen_on_validation": chosen})
     clean = RunConfig.from_profile(profile, HEADLINE, "clean", profile.seeds[0])
     trigger = IclAttack().trigger
     no_demos = runs.task_probe(clean, HEADLINE, "test", n, trigger, None, batch)
@@ -698,7 +732,9 @@ def _row(run: RunConfig, defense: Defense, after: dict, undefended: dict, clean_
     return {"dataset": run.dataset, "attack": attack, "group": poison.group_of(attack),
             "dirty_label": run.dirty_label, "n_poison": run.n_poison, "seed": run.seed, "defense": defense.name, "acts_on": defense.where,
             "setting": defense.setting, "asr": after["asr"], "cacc": after["cacc"], "n_asr": after["n_asr"],
-            "n_cacc": after["n_cacc"], "asr_undefended": undefended["asr"], "cacc_undefended": undefended["cacc"],
+            "n_cacc": after["n_cacc"], "clean_target_rate": after["clean_target_rate"],
+            "asr_undefended": undefended["asr"], "cacc_undefended": undefended["cacc"],
+            "clean_target_rate_undefended": undefended["clean_target_rate"],
             "asr_clean_model": clean_model["asr"], "cacc_clean_model": clean_model["cacc"],
             **{k: after.get(k) for k in DETECTION}, "run": run.path.name}
 

@@ -223,10 +223,12 @@ def defense_heatmap(table: pd.DataFrame, profile: str):
     """ASR and CACC of every defended run (columns) under every defense setting (rows), the undefended run and the
     clean model (its clean twin: the same rows, nothing poisoned, the same trigger) on top. Empty: a defense not run
     on that dataset."""
-    table = table[table.defense != "iclattack"].assign(model=_defended_model, row=lambda t: t.defense + " " + t.setting)
+    table = table[table.defense != "iclattack"].assign(
+        model=_defended_model, row=lambda t: t.defense + " " + t.setting.fillna("")
+        + np.where(t.chosen_on_validation.eq(False), " (not chosen)", ""))
     models = list(dict.fromkeys(table.model))
     firsts = table.drop_duplicates("model").set_index("model")
-    fig, axes = plt.subplots(1, 2, figsize=(2.6 + 2.0 * len(models), 0.42 * table.row.nunique() + 2.4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(3.0 + 2.6 * len(models), 0.42 * table.row.nunique() + 2.4), sharey=True)
     for ax, metric in zip(axes, ("asr", "cacc")):
         grid = table.pivot(index="row", columns="model", values=metric).reindex(
             index=list(dict.fromkeys(table.row)), columns=models)
