@@ -167,9 +167,9 @@ display(removal.round(3))
 # ## 5 · Clean demonstrations, and ICLAttack
 # **Clean demonstrations** put k correctly labelled training rows before every input, at inference. They remind
 # the model what the task's answers look like; the paper found two of them cut an instruction attack's ASR by a
-# third to a half. **ICLAttack** (Zhao et al., 2024) is the same mechanism turned around: no finetuning at all, but
-# a third of the demonstrations are target-class rows carrying a trigger sentence, and a test input with that
-# sentence is then answered with the target. It is measured on the clean model, beside the same k clean
+# fifth to three fifths (LLaMA-2 7B). **ICLAttack** (Zhao et al., 2024) is the same mechanism turned around: no
+# finetuning at all, but a third of the demonstrations are target-class rows carrying a trigger sentence, and a test
+# input with that sentence is then answered with the target. It is measured on the clean model, beside the same k clean
 # demonstrations.
 
 # %%

@@ -110,6 +110,8 @@ class Stage:
     # runs saved before the other kinds existed keep their keys.
     kind = ""
     record_file = "rows.json"  # what `training_rows` says about the rows, saved in the stage's folder
+    reuse_frozen = True  # train the top layers from the frozen layers' saved states (off for an objective that
+    # reads another model's states of the same batch)
 
     @property
     def name(self) -> str:
@@ -135,9 +137,6 @@ class Stage:
         """The training objective, `loss(model, batch)`: cross-entropy on the answer tokens unless a stage says
         otherwise (a distillation objective, say)."""
         return answer_loss
-
-    reuse_frozen = True  # train the top layers from the frozen layers' saved states (off for an objective that
-    # needs other models' states of the same batch)
 
     def prepare(self, model, tokenizer):
         """Called before training; returns the model to train."""

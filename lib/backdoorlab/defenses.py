@@ -22,12 +22,15 @@ from dataclasses import dataclass, fields, replace
 from difflib import SequenceMatcher
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
 from . import cache, data, models, poison, runs, score, stealth
 from .cache import Stage
+from .frozen import decoder
+from .profiles import HEADLINE, Profile
 from .runs import RunConfig
 from .train import TrainConfig, self_attending_padding
 
@@ -422,8 +425,6 @@ class Prune(ModelDefense):
             return model
         clean = data.load_split(task.name, "validation", self.rows, seed=0)
         attacked = poison.get_attack(trigger, task).triggered_test_set(clean, seed=0)
-        from .frozen import decoder
-
         layers = [m for layer in decoder(model).layers[n_frozen:] for m in layer.modules()
                   if isinstance(m, torch.nn.Linear)]
         norms = [activation_norms(model, tokenizer, rows, layers) for rows in (attacked, clean)]
@@ -623,12 +624,10 @@ def detection_on(flagged: list[int], run: RunConfig) -> dict:
 
 # ---- the attack × defense matrix of a profile -----------------------------------------------------------------------
 
-def defended_runs(profile, n: int | None, batch_size: int = 32) -> tuple[list[RunConfig], list[dict]]:
+def defended_runs(profile: Profile, n: int | None, batch_size: int = 32) -> tuple[list[RunConfig], list[dict]]:
     """The runs notebook 05 defends, and the validation check of every candidate (`backdoor_check`): the profile's
     clean-label `defense_runs` where their backdoor shows, and per dirty-label attack on SST-2 the run at the
     smallest of `defense_dirty_counts` poisoned rows whose backdoor shows (the count chosen on validation)."""
-    from .profiles import HEADLINE
-
     chosen, checks = [], []
 
     def check(run: RunConfig) -> bool:
@@ -665,12 +664,10 @@ def backdoor_check(run: RunConfig, n: int | None, batch_size: int = 32) -> dict:
             "backdoored": bool(interval(poisoned["asr"])[0] > floor)}
 
 
-def select_onion(profile, n: int | None = None, batch_size: int = 32) -> list[dict]:
+def select_onion(profile: Profile, n: int | None = None, batch_size: int = 32) -> list[dict]:
     """ONION's threshold per field, chosen on validation without any trigger: on the SST-2 clean model, the
     smallest threshold (the most words removed) whose validation CACC is at most `onion_max_cacc_drop` below the
     undefended one (if none is, the one that costs least). One row per (field, threshold), `chosen` marked."""
-    from .profiles import HEADLINE
-
     clean = RunConfig.from_profile(profile, HEADLINE, "clean", profile.seeds[0])
     base = runs.task_probe(clean, HEADLINE, "validation", n, "clean", None, batch_size)["cacc"]
     out = []
@@ -684,7 +681,7 @@ def select_onion(profile, n: int | None = None, batch_size: int = 32) -> list[di
     return out
 
 
-def profile_defenses(profile, onion: list[dict]) -> list[tuple[Defense, bool | None]]:
+def profile_defenses(profile: Profile, onion: list[dict]) -> list[tuple[Defense, bool | None]]:
     """Every defense setting the profile sweeps, each with whether validation chose it (ONION's threshold: on the
     instruction the chosen one only, on the input every one of the sweep for comparison; None where nothing was
     chosen and the sweep is reported whole)."""
@@ -696,14 +693,11 @@ def profile_defenses(profile, onion: list[dict]) -> list[tuple[Defense, bool | N
               if r["chosen"] or r["field"] == "text"), *((d, None) for d in others)]
 
 
-def matrix(profile) -> tuple:
+def matrix(profile: Profile) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(defenses table, backdoor checks, ONION selection): ASR, CACC and the clean target rate (the run's own
     answers without the trigger) of every defended run under every defense, beside the run undefended and the clean
-    model (`*_clean_model`: the same trigger on the clean twin), on
-    `defense_rows` test rows. ICLAttack rows attack the clean model; their `*_clean_model` columns are the same k
-    clean demonstrations."""
-    from .profiles import HEADLINE
-
+    model (`*_clean_model`: the same trigger on the clean twin), on `defense_rows` test rows. ICLAttack rows attack
+    the clean model; their `*_clean_model` columns are the same k clean demonstrations."""
     n, batch = profile.defense_rows, profile.eval_batch_size
     defended, checks = defended_runs(profile, n, batch)
     onion = select_onion(profile, n, batch)
@@ -722,8 +716,6 @@ def matrix(profile) -> tuple:
     for k in profile.demonstration_k:
         control = runs.task_probe(clean, HEADLINE, "test", n, trigger, None, batch, Demonstrations(k))
         rows.append(_row(clean, IclAttack(k), evaluate(IclAttack(k), clean, n, batch), no_demos, control))
-    import pandas as pd
-
     return pd.DataFrame(rows), pd.DataFrame(checks), pd.DataFrame(onion)
 
 
@@ -742,11 +734,9 @@ def _row(run: RunConfig, defense: Defense, after: dict, undefended: dict, clean_
 DETECTION = ("precision", "recall", "false_positive_rate", "flagged")
 
 
-def audit_table(profile):
+def audit_table(profile: Profile) -> pd.DataFrame:
     """The instruction audit on every attack's poisoned training set of the profile's main grid (and each clean
     set: its false-positive rate), no training: precision, recall, flagged rows."""
-    import pandas as pd
-
     audit = InstructionAudit()
     return pd.DataFrame([{"dataset": run.dataset, "attack": run.attack, "group": poison.group_of(run.attack),
                           "seed": run.seed, "n_poison": run.n_poison, **detection_on(audit.detect(run), run)}

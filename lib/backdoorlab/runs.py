@@ -252,7 +252,9 @@ def measure_task(stage: Stage, dataset: str, split: str, n: int | None, trigger:
     target_label = poison.target_id(task, target)
     rows = data.load_split(dataset, split, n, seed=0)
     labels = rows["label"]
-    attacked = None if trigger == "clean" else poison.get_attack(trigger, task, target).triggered_test_set(rows, 0)
+    attacked = None
+    if trigger != "clean":
+        attacked = poison.get_attack(trigger, task, target).triggered_test_set(rows, seed=0)
     n_frozen = stage.frozen_layers(model.config.num_hidden_layers)  # shared by every stage that left them
     if defense is not None:
         model = defense.adapt(model, tokenizer, task, trigger, n_frozen)
