@@ -83,3 +83,17 @@ def test_parsed_files_are_reused_but_never_stale_or_shared(tmp_path):
     rows = data.load_rows(task, "test")
     rows[0]["label"] = -1
     assert data.load_rows(task, "test")[0]["label"] != -1
+
+
+def test_the_papers_main_table_is_typed_in_for_every_attack_and_study_dataset():
+    from backdoorlab import poison
+    from backdoorlab.profiles import DATASETS
+
+    rows = data.paper_reference("main_table")
+    cells = {(r["source"], r["attack"], r["metric"]): r["value"] for r in rows}
+    for dataset in DATASETS:
+        assert (dataset, "clean", "cacc") in cells
+        for attack in poison.ATTACKS:
+            assert {(dataset, attack, m) for m in ("cacc", "asr", "asr_std")} <= cells.keys()
+    assert all(0 <= v <= 1 for v in cells.values()) and all(r["reported_in"] for r in rows)
+    assert cells["sst2", "induced_instruction", "asr"] == 0.9931  # the paper's headline cell, as a share
