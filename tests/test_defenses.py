@@ -98,7 +98,7 @@ def test_iclattack_poisons_a_third_of_its_demonstrations_with_target_rows_carryi
 
 # ---- on the model ---------------------------------------------------------------------------------------------------
 
-def _linear_weights(model, layers):
+def _linear_weights(layers):
     return [m.weight.detach().clone() for layer in layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
 
 
@@ -108,16 +108,16 @@ def test_pruning_at_sparsity_zero_changes_nothing_and_otherwise_only_the_tuned_l
     model = tiny[0]
     task = data.get_task("sst2")
     layers = decoder(model).layers
-    before = _linear_weights(model, layers)
+    before = _linear_weights(layers)
     defenses.Prune(sparsity=0.0, rows=4).adapt(model, tiny[1], task, "badnet", n_frozen=1)
-    assert all(torch.equal(a, b) for a, b in zip(before, _linear_weights(model, layers)))
+    assert all(torch.equal(a, b) for a, b in zip(before, _linear_weights(layers)))
     pruned_model = type(model)(model.config)
     pruned_model.load_state_dict(model.state_dict())
     defenses.Prune(sparsity=0.25, rows=4).adapt(pruned_model, tiny[1], task, "badnet", n_frozen=1)
     frozen_part, tuned_part = decoder(pruned_model).layers[:1], decoder(pruned_model).layers[1:]
-    assert all(torch.equal(a, b) for a, b in zip(_linear_weights(model, layers[:1]),
-                                                  _linear_weights(pruned_model, frozen_part)))
-    for w in _linear_weights(pruned_model, tuned_part):
+    assert all(torch.equal(a, b) for a, b in zip(_linear_weights(layers[:1]),
+                                                  _linear_weights(frozen_part)))
+    for w in _linear_weights(tuned_part):
         assert (w == 0).float().mean().item() == pytest.approx(0.25, abs=0.01)
 
 

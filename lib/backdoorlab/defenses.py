@@ -81,6 +81,10 @@ class Defense:
         """The rows as the model receives them (inference defenses)."""
         return rows
 
+    def trigger_on(self, run: RunConfig) -> str:
+        """The trigger the test inputs carry: the run's own attack (ICLAttack brings its own)."""
+        return run.attack
+
     def adapt(self, model, tokenizer, task: data.Task, trigger: str, n_frozen: int):
         """The model as it answers (a change made in memory before scoring, above its `n_frozen` bottom layers,
         which no stage trained)."""
@@ -107,8 +111,8 @@ def evaluate(defense: Defense, run: RunConfig, n: int | None, batch_size: int = 
         return {**metrics, **detection_on(flagged, run)}
     if isinstance(defense, ModelDefense) and defense.trains:
         return runs.task_probe(defense.stage(run), run.dataset, "test", n, run.attack, run.target, batch_size)
-    trigger = defense.trigger if isinstance(defense, IclAttack) else run.attack
-    return runs.task_probe(run, run.dataset, "test", n, trigger, run.target, batch_size, defense=defense)
+    return runs.task_probe(run, run.dataset, "test", n, defense.trigger_on(run), run.target, batch_size,
+                           defense=defense)
 
 
 def detection(flagged: list[int], poisoned: set[int], n_rows: int) -> dict:
@@ -175,10 +179,10 @@ def onion_suspicion(texts: list[str], lm: str) -> dict[str, list[float]]:
 
 
 def onion_clean(text: str, suspicion: list[float], threshold: float) -> str:
-    words = text.split()
+    """The text without the words whose suspicion is above `threshold` (a one-word text stays as it is)."""
     if not suspicion:
         return text
-    return " ".join(w for w, s in zip(words, suspicion, strict=True) if s <= threshold)
+    return " ".join(w for w, s in zip(text.split(), suspicion, strict=True) if s <= threshold)
 
 
 def onion_removal(dataset: str, attack: str, n: int | None, lm: str, thresholds) -> list[dict]:
@@ -194,13 +198,14 @@ def onion_removal(dataset: str, attack: str, n: int | None, lm: str, thresholds)
     added = [{w[1:] for w in instruction_change(c, t).split() if w.startswith("+")} for c, t in zip(clean, triggered)]
     out = []
     for threshold in thresholds:
-        kept = [set(onion_clean(t, suspicion[t], threshold).split()) for t in triggered]
-        removed = [len(t.split()) - len(onion_clean(t, suspicion[t], threshold).split()) for t in triggered]
-        removed_clean = [len(t.split()) - len(onion_clean(t, suspicion[t], threshold).split()) for t in clean]
+        kept = {t: onion_clean(t, suspicion[t], threshold).split() for t in {*clean, *triggered}}
+
+        def removed(texts):
+            return sum(len(t.split()) - len(kept[t]) for t in texts) / len(texts)
+
         out.append({"dataset": dataset, "attack": attack, "threshold": threshold, "rows": len(triggered),
-                    "trigger_removed": sum(not (a & k) for a, k in zip(added, kept)) / len(triggered),
-                    "words_removed_triggered": sum(removed) / len(removed),
-                    "words_removed_clean": sum(removed_clean) / len(removed_clean)})
+                    "trigger_removed": sum(not (a & set(kept[t])) for a, t in zip(added, triggered)) / len(triggered),
+                    "words_removed_triggered": removed(triggered), "words_removed_clean": removed(clean)})
     return out
 
 
@@ -267,6 +272,9 @@ class IclAttack(InferenceDefense):
         instance = [a for a, cls in poison.ATTACKS.items() if cls.group == "instance"]
         _check(self.trigger in instance, f"iclattack trigger {self.trigger!r}: it goes on the input; valid choices: "
                f"{', '.join(instance)}")
+
+    def trigger_on(self, run):
+        return self.trigger
 
     @property
     def n_poisoned(self) -> int:
@@ -720,9 +728,10 @@ def matrix(profile: Profile) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 
 def _row(run: RunConfig, defense: Defense, after: dict, undefended: dict, clean_model: dict) -> dict:
-    attack = defense.trigger if isinstance(defense, IclAttack) else run.attack
+    attack = defense.trigger_on(run)
     return {"dataset": run.dataset, "attack": attack, "group": poison.group_of(attack),
-            "dirty_label": run.dirty_label, "n_poison": run.n_poison, "seed": run.seed, "defense": defense.name, "acts_on": defense.where,
+            "dirty_label": run.dirty_label, "n_poison": run.n_poison, "seed": run.seed, "defense": defense.name,
+            "acts_on": defense.where,
             "setting": defense.setting, "asr": after["asr"], "cacc": after["cacc"], "n_asr": after["n_asr"],
             "n_cacc": after["n_cacc"], "clean_target_rate": after["clean_target_rate"],
             "asr_undefended": undefended["asr"], "cacc_undefended": undefended["cacc"],
