@@ -1,6 +1,7 @@
 # make study [PROFILE=quick|smoke|full] [MODEL=hub-id]   set up, then run every notebook in order
 # make test                               set up, then unit tests + every notebook under the smoke profile
 # make bench                              benchmarks against their baselines -> results/bench/summary.{json,md}
+# make exercises                          student copies of the notebooks, solution cells emptied -> exercises/
 # make setup                              only install (into the active conda/venv environment, else ./.venv)
 
 PROFILE ?= quick
@@ -31,7 +32,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 STAMP := $(ENV_DIR)/.backdoorlab-setup
 
-.PHONY: setup study test bench clean-runs
+.PHONY: setup study test bench exercises clean-runs
 setup: $(STAMP)
 
 $(STAMP): requirements.txt requirements-model.txt pyproject.toml
@@ -49,6 +50,7 @@ study: setup
 	  echo "== $$nb ($(PROFILE))"; \
 	  $(PY) -m papermill --log-level WARNING $$nb results/$(PROFILE)/notebooks/$$(basename $$nb) -p profile $(PROFILE) $(if $(MODEL),-p model $(MODEL)); \
 	done
+	$(PY) -m backdoorlab.report --profile $(PROFILE) $(if $(and $(filter quick,$(PROFILE)),$(if $(MODEL),,1)),--readme)
 
 test: setup
 	$(PY) -m pytest -q
@@ -60,6 +62,9 @@ bench: setup  ## each benchmark runs ours and its baseline in one process; the s
 	$(PY) benchmarks/lora_depth.py
 	$(PY) benchmarks/bench_study.py --profile $(PROFILE)
 	$(PY) benchmarks/summary.py
+
+exercises: setup  ## generated from the notebooks, never edited: solution cells emptied
+	$(PY) -m backdoorlab.course exercises
 
 clean-runs:  ## forget every trained run (the cache under results/runs/)
 	rm -rf results/runs

@@ -52,7 +52,7 @@ model = None  # None: the profile's model; else a hub id or local folder of a ca
 import pandas as pd
 from IPython.display import display
 
-from backdoorlab import plots, poison, runs, score
+from backdoorlab import plots, poison, report, runs, score
 from backdoorlab.profiles import get_profile
 
 P = get_profile(profile, model)
@@ -86,7 +86,32 @@ columns = ["dataset", "attack", "seed", "n_train", "n_poison", "asr", "cacc", "c
            "n_asr", "n_cacc", "group"]
 table[columns].to_csv(runs.results_dir(P.name) / "attacks.csv", index=False)
 display(table[columns].round(3))
-plots.attack_bars(table, P.name);
+
+# %% [markdown]
+# **The backdoor effect.** A high ASR alone does not mean poisoning worked: some triggers move a model that never
+# saw a poisoned row (an instruction that asks for the target, a positive word in a review). So the headline
+# quantity is the **backdoor effect** = ASR − `asr_clean_model`, the same trigger's ASR on the clean baseline: what
+# the poisoned rows added. Its 95% interval comes from the two rates' intervals (Newcombe's method,
+# `score.difference`). The figure shows the effect on the left and, on the right, the raw ASR (filled) against that
+# clean-model floor (hollow).
+
+# %%
+effects = score.backdoor_effects(table)
+plots.backdoor_effect(effects, P.name);
+
+# %% [markdown]
+# **What you should see.** The next cell reads the numbers just measured.
+
+# %%
+planted = effects[(effects.attack != "clean") & (effects.effect_lo > 0)]
+by_group = effects[effects.attack != "clean"].groupby(["dataset", "group"]).effect.mean().unstack()
+print(f"{len(planted)} of {int((effects.attack != 'clean').sum())} poisoned runs plant a backdoor whose effect's "
+      f"interval lies above 0: {', '.join(planted.dataset + '/' + planted.attack)}.")
+print("mean backdoor effect by group:")
+display(by_group.round(3))
+strongest = effects.loc[effects.effect.idxmax()]
+print(f"strongest: {strongest.attack} on {strongest.dataset}, effect {strongest.effect:+.3f} "
+      f"(ASR {strongest.asr:.3f} against {strongest.asr_clean_model:.3f} on the clean model).")
 
 # %% [markdown]
 # ## 3 · Grouped as the paper groups them, with intervals
@@ -99,22 +124,20 @@ summary = score.summarize(table)
 summary.insert(2, "group", summary.attack.map(poison.group_of))
 summary.to_csv(runs.results_dir(P.name) / "attacks_summary.csv", index=False)
 display(summary.round(3))
-plots.attack_heatmap(summary, P.name);
+plots.attack_heatmap(effects, P.name);
 
 # %% [markdown]
 # ## 4 · The paper's central claim, checked on our runs
 # At the same clean-label budget, attacks that **rewrite the whole instruction** reach far higher ASR than
-# **instance-level** attacks. We compare group means on each dataset, and the same for the backdoor's own effect
-# (ASR minus the trigger's ASR on the clean model), and report it as measured, holding or not.
+# **instance-level** attacks. We compare the groups' mean backdoor effect on each dataset (raw ASR beside it): the
+# claim holds where the interval of the difference lies above 0 (`report.rewriting_beats_instance`, the same check
+# notebook 07 runs), and we report it as measured, holding or not.
 
 # %%
-table["backdoor_effect"] = table.asr - table.asr_clean_model
-groups = table[table.attack != "clean"].groupby(["dataset", "group"], sort=False)[["asr", "backdoor_effect"]].mean()
-by_group = groups.reset_index().pivot(index="dataset", columns="group", values="asr")
-if {"instance", "rewriting"} <= set(by_group.columns):
-    compared = by_group[["rewriting", "instance"]].notna().all(axis=1)  # datasets that ran both groups
-    by_group["rewriting > instance"] = (by_group.rewriting > by_group.instance).where(compared)
-display(groups.round(3), by_group.round(3))
+groups = effects[effects.attack != "clean"].groupby(["dataset", "group"], sort=False)[["effect", "asr"]].mean()
+display(groups.round(3))
+central = report.checks(report.Results(P.name, runs.results_dir(P.name)))
+display(central[central.claim.str.startswith("instruction rewriting")][["cell", "paper", "ours", "verdict"]])
 
 # %% [markdown]
 # The study's targets for the induced instruction on SST-2 (test split), checked on this profile's runs. They were
@@ -169,8 +192,9 @@ else:
 
 # %% [markdown]
 # ## Exercises
-# 1. Which attack has the larger gap between ASR and `clean_target_rate`? Why is that gap, not ASR alone, the
-#    backdoor's effect?
+# 1. Which attack has the largest backdoor effect (ASR − the trigger's ASR on the clean model), and which the
+#    largest raw ASR? Why is the effect, not ASR alone, what poisoning did? What does `clean_target_rate` (the
+#    poisoned model without the trigger) add to the picture?
 # 2. On hatespeech the target `noHate` is 89% of the data. How does that show in CACC and in `clean_target_rate`?
 # 3. Train the induced instruction with `dirty_label=True` (`dataclasses.replace(cfg, dirty_label=True)` on a config
 #    of `runs.grid(P)`) and compare the poison count needed for the same ASR.

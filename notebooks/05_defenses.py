@@ -54,7 +54,7 @@ model = None  # None: the profile's model; else a hub id or local folder of a ca
 import pandas as pd
 from IPython.display import display
 
-from backdoorlab import data, defenses, plots, runs, score
+from backdoorlab import data, defenses, plots, runs
 from backdoorlab.profiles import get_profile
 
 P = get_profile(profile, model)
@@ -120,23 +120,11 @@ plots.defense_heatmap(table, P.name);
 # The paper found ONION lowers instruction attacks' ASR by under 4 points; it was built for, and works against,
 # inserted rare words. Below, for each run, the drop (undefended − defended ASR), whether it is beyond sampling
 # noise (the 95% Wilson intervals of the two ASRs do not overlap), and whether the task survived (CACC at most
-# `CACC_COST` below the undefended run's: a "defense" that lowers ASR by breaking the task defends nothing). On the
-# input, every threshold of the sweep is shown; the claim is checked at the one validation chose.
+# `defenses.CACC_COST` = 0.05 below the undefended run's: a "defense" that lowers ASR by breaking the task defends
+# nothing). On the input, every threshold of the sweep is shown; the claim is checked at the one validation chose.
 
 # %%
-CACC_COST = 0.05
-
-
-def significant_drop(r) -> bool:
-    before = score.wilson(round(r.asr_undefended * r.n_asr), r.n_asr)
-    after = score.wilson(round(r.asr * r.n_asr), r.n_asr)
-    return after[1] < before[0]
-
-
-table["asr_drop"] = table.asr_undefended - table.asr
-table["significant_drop"] = [significant_drop(r) for r in table.itertuples()]
-table["task_kept"] = table.cacc >= table.cacc_undefended - CACC_COST
-table["lowered"] = table.significant_drop & table.task_kept
+table = defenses.judge(table)
 onion_rows = table[table.defense == "onion"]
 display(onion_rows[["dataset", "attack", "group", "dirty_label", "setting", "chosen_on_validation", "asr_undefended",
                     "asr", "asr_drop", "significant_drop", "cacc_undefended", "cacc", "task_kept"]].round(3))

@@ -97,5 +97,15 @@ def load_model(name: str = SMOLLM2, dtype: torch.dtype = torch.float32, seed: in
     return model.eval(), tokenizer
 
 
+def parameter_count(name: str = SMOLLM2) -> int:
+    """A model's parameters (tied ones once), counted on the meta device: nothing is loaded or allocated."""
+    if name == TINY:
+        return sum(p.numel() for p in load_model(TINY)[0].parameters())
+    config = AutoConfig.from_pretrained(smollm2_dir() if name == SMOLLM2 else name)
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    with torch.device("meta"):
+        return sum(p.numel() for p in auto.from_config(config).parameters())
+
+
 if __name__ == "__main__":  # `python -m backdoorlab.models`: convert SmolLM2 into the cache once (make setup)
     print(smollm2_dir())

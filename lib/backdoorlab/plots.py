@@ -22,26 +22,44 @@ def save(fig, profile: str, name: str):
     return fig
 
 
-def attack_bars(table: pd.DataFrame, profile: str):
-    """ASR and CACC per dataset and attack; a black tick marks the rate at which the clean instruction already
-    yields the target on the same rows (the floor an ASR is read against)."""
-    long = table.melt(id_vars=["dataset", "attack", "seed"], value_vars=["cacc", "asr"], var_name="metric")
-    n_attacks = table.attack.nunique()
-    grid = sns.catplot(long, x="attack", y="value", hue="metric", col="dataset", kind="bar", errorbar=None,
-                       col_wrap=2 if n_attacks > 6 else None, height=3.2, aspect=max(0.9, 0.2 * n_attacks),
-                       palette={"cacc": "#4c72b0", "asr": "#c44e52"})
-    grid.set_titles("{col_name}")
-    for ax, dataset in zip(grid.axes.flat, grid.col_names):
-        rows = table[table.dataset == dataset].groupby("attack", sort=False)["clean_target_rate"].mean()
-        for i, label in enumerate(t.get_text() for t in ax.get_xticklabels()):
-            if label in rows:
-                ax.plot([i, i + 0.4], [rows[label]] * 2, color="black", lw=2.5)  # over the ASR bar
-        ax.tick_params(axis="x", rotation=60 if n_attacks > 6 else 30, labelbottom=True)
-        ax.set_ylim(0, 1)
-    n_seeds = table.groupby(["dataset", "attack"]).seed.nunique().max()
-    grid.figure.suptitle(f"CACC and ASR by attack (profile {profile}, {n_seeds} seed(s); "
-                         f"black tick: clean instruction's target rate)", y=1.04)
-    return save(grid.figure, profile, "attacks")
+def backdoor_effect(effects: pd.DataFrame, profile: str):
+    """The headline figure: per run, the backdoor effect (ASR minus the same trigger's ASR on the clean model) with
+    its 95% interval, and beside it the raw ASR (filled) against that clean-model floor (hollow). `effects` is
+    `score.backdoor_effects` of the attack table; rows in the paper's group order, one rule between groups."""
+    from .poison import ATTACKS
+
+    order = {a: i for i, a in enumerate(ATTACKS)}
+    rows = effects[effects.attack != "clean"].assign(order=lambda t: t.attack.map(order))
+    rows = rows.sort_values(["dataset", "order"], key=lambda c: c if c.name == "order" else c.ne("sst2")
+                            ).reset_index(drop=True)  # the headline dataset first, then the others
+    labels = [a if d == "sst2" else f"{d} · {a}" for d, a in zip(rows.dataset, rows.attack)]
+    y = np.arange(len(rows))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.32 * len(rows) + 1.4), sharey=True,
+                                      gridspec_kw={"width_ratios": [3, 2]})
+    colors = rows.group.map(GROUP_COLORS)
+    left.barh(y, rows.effect, color=colors, xerr=[rows.effect - rows.effect_lo, rows.effect_hi - rows.effect],
+              error_kw={"lw": 1, "capsize": 2})
+    left.axvline(0, color="black", lw=1)
+    left.set(xlim=(-0.3, 1), xlabel="backdoor effect = ASR − trigger's ASR on the clean model (95%)")
+    right.hlines(y, rows.asr_clean_model, rows.asr, color="#bbbbbb", lw=2)
+    right.scatter(rows.asr_clean_model, y, facecolors="white", edgecolors=colors, s=30, zorder=3,
+                  label="trigger on the clean model (floor)")
+    right.scatter(rows.asr, y, color=colors, s=30, zorder=3, label="ASR, poisoned model")
+    right.set(xlim=(-0.02, 1.02), xlabel="ASR")
+
+    left.set_yticks(y, labels)
+    left.invert_yaxis()
+    for ax in (left, right):
+        for i in range(1, len(rows)):
+            if (rows.group[i], rows.dataset[i]) != (rows.group[i - 1], rows.dataset[i - 1]):
+                ax.axhline(i - 0.5, color="black", lw=0.8)
+    groups = [g for g in GROUP_COLORS if g in set(rows.group)]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=GROUP_COLORS[g]) for g in groups]
+    fig.suptitle(f"What poisoning added (profile {profile}, {int(effects.seeds.max())} seed(s))")
+    fig.tight_layout()
+    fig.legend(handles + right.get_legend_handles_labels()[0], groups + right.get_legend_handles_labels()[1],
+               loc="upper center", bbox_to_anchor=(0.5, 0), ncol=3, fontsize="small", frameon=False)
+    return save(fig, profile, "backdoor_effect")
 
 
 def poison_curve(table: pd.DataFrame, profile: str, dataset: str = "sst2"):
@@ -49,7 +67,9 @@ def poison_curve(table: pd.DataFrame, profile: str, dataset: str = "sst2"):
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     sns.lineplot(table, x="n_poison", y="asr", hue="attack", marker="o", ax=ax)
     sns.lineplot(table, x="n_poison", y="cacc", hue="attack", marker="s", ls="--", ax=ax, legend=False)
-    ax.set(ylim=(0, 1.02), xlabel="poisoned training rows", ylabel="ASR (solid) / CACC (dashed)",
+    sns.lineplot(table, x="n_poison", y="asr_clean_model", hue="attack", ls=":", ax=ax, legend=False)
+    ax.set(ylim=(0, 1.02), xlabel="poisoned training rows",
+           ylabel="ASR (solid) / CACC (dashed)\ntrigger on the clean model (dotted)",
            title=f"{dataset}: poison count on validation (profile {profile})")
     return save(fig, profile, f"poison_count_{dataset}")
 
@@ -85,26 +105,30 @@ def stealth(stats: pd.DataFrame, profile: str):
     return save(fig, profile, "stealth")
 
 
-def attack_heatmap(summary: pd.DataFrame, profile: str):
-    """The main table as two heatmaps, ASR and CACC, attacks as rows in the paper's order and groups, datasets as
-    columns; cells a reduced grid did not run stay blank. `summary` is `score.summarize` of the attack table."""
+def attack_heatmap(effects: pd.DataFrame, profile: str):
+    """The main table as three heatmaps: backdoor effect (what poisoning added, the headline), raw ASR and CACC;
+    attacks as rows in the paper's order and groups, datasets as columns; cells a reduced grid did not run stay
+    blank. `effects` is `score.backdoor_effects` of the attack table."""
     from .poison import ATTACKS, group_of
 
-    order = [a for a in ("clean", *ATTACKS) if a in set(summary.attack)]
-    datasets = list(dict.fromkeys(summary.dataset))
+    order = [a for a in ("clean", *ATTACKS) if a in set(effects.attack)]
+    datasets = list(dict.fromkeys(effects.dataset))
     labels = [f"{group_of(a)} · {a}" for a in order]
-    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.6 * len(datasets), 0.32 * len(order) + 1.8), sharey=True)
-    for ax, metric, cmap in [(axes[0], "asr", "Reds"), (axes[1], "cacc", "Blues")]:
-        grid = summary.pivot(index="attack", columns="dataset", values=metric).reindex(index=order, columns=datasets)
-        sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=1, cmap=cmap, cbar=False, ax=ax, yticklabels=labels)
-        ax.set(title=metric.upper(), xlabel="", ylabel="")
+    fig, axes = plt.subplots(1, 3, figsize=(5 + 2.2 * len(datasets), 0.32 * len(order) + 1.8), sharey=True)
+    panels = [("effect", "backdoor effect", "RdBu_r", -1), ("asr", "ASR", "Reds", 0), ("cacc", "CACC", "Blues", 0)]
+    for ax, (metric, title, cmap, vmin) in zip(axes, panels):
+        grid = effects.pivot(index="attack", columns="dataset", values=metric).reindex(index=order, columns=datasets)
+        if metric == "effect":
+            grid.loc["clean"] = np.nan  # the clean run has no trigger
+        sns.heatmap(grid, annot=True, fmt=".2f", vmin=vmin, vmax=1, cmap=cmap, cbar=False, ax=ax, yticklabels=labels)
+        ax.set(title=title, xlabel="", ylabel="")
         ax.grid(False)
         ax.tick_params(axis="x", rotation=0)
         for i in range(1, len(order)):  # a rule between groups
             if group_of(order[i]) != group_of(order[i - 1]):
                 ax.axhline(i, color="black", lw=1.5)
-    seeds = int(summary.seeds.max())
-    fig.suptitle(f"Attacks by group (profile {profile}, {seeds} seed(s); mean, intervals in the table)")
+    fig.suptitle(f"Attacks by group (profile {profile}, {int(effects.seeds.max())} seed(s); "
+                 "effect = ASR − the trigger's ASR on the clean model)")
     return save(fig, profile, "attacks_heatmap")
 
 
@@ -281,3 +305,19 @@ def pruning_curve(table: pd.DataFrame, profile: str):
     grid.set_titles("{col_name}")
     grid.figure.suptitle(f"One-shot pruning after tuning (profile {profile})", y=1.04)
     return save(grid.figure, profile, "defenses_pruning")
+
+
+def ours_vs_paper(table: pd.DataFrame, profile: str):
+    """Our raw ASR and backdoor effect against the paper's ASR for the same attack and dataset (`report.main_table`);
+    the diagonal is where ours would reproduce the paper's number."""
+    rows = table[(table.attack != "clean") & table.paper_asr.notna()]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharex=True, sharey=True)
+    for ax, metric, title in [(axes[0], "asr", "our raw ASR"), (axes[1], "effect", "our backdoor effect")]:
+        sns.scatterplot(rows, x="paper_asr", y=metric, hue="group", style="dataset", palette=GROUP_COLORS, s=45, ax=ax,
+                        legend=ax is axes[1])
+        ax.plot([0, 1], [0, 1], color="black", lw=0.8, ls="--")
+        ax.axhline(0, color="#999999", lw=0.8)
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.3, 1.02), xlabel="paper's ASR (FLAN-T5-large)", ylabel=title)
+    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
+    fig.suptitle(f"Ours against the paper, one point per attack and dataset (profile {profile})")
+    return save(fig, profile, "ours_vs_paper")

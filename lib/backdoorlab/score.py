@@ -164,6 +164,16 @@ def wilson(hits: int, total: int, z: float = 1.96) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+def difference(p1: float, n1: int, p2: float, n2: int) -> tuple[float, float, float]:
+    """p1 - p2 and its 95% interval, for two shares measured on n1 and n2 rows: Newcombe's hybrid score interval
+    (1998, method 10), built from each share's Wilson interval. It treats the two as independent samples; when both
+    were measured on the same rows (a trigger on the poisoned and on the clean model) it is the conservative side."""
+    lo1, hi1 = wilson(round(p1 * n1), n1)
+    lo2, hi2 = wilson(round(p2 * n2), n2)
+    d = p1 - p2
+    return d, d - math.sqrt((p1 - lo1) ** 2 + (hi2 - p2) ** 2), d + math.sqrt((hi1 - p1) ** 2 + (p2 - lo2) ** 2)
+
+
 def summarize(table: pd.DataFrame, metrics: tuple[str, ...] = ("asr", "cacc")) -> pd.DataFrame:
     """Mean and 95% interval of each metric per dataset and attack: over seeds (t interval) when there are several,
     else the Wilson interval of the single run over its test rows. The `interval` column says which."""
@@ -182,3 +192,16 @@ def summarize(table: pd.DataFrame, metrics: tuple[str, ...] = ("asr", "cacc")) -
             row |= {m: mean, f"{m}_lo": lo, f"{m}_hi": hi}
         out.append(row)
     return pd.DataFrame(out)
+
+
+def backdoor_effects(table: pd.DataFrame) -> pd.DataFrame:
+    """The attack table (one row per run) with seeds pooled, per dataset and attack: mean ASR, CACC and rates, the
+    test rows behind them summed, and the **backdoor effect** = ASR minus the same trigger's ASR on the clean model
+    (what poisoning added) with its 95% interval (`difference`)."""
+    keys = ["dataset", "attack", "group", "n_poison", "n_train"]
+    rates = ["asr", "cacc", "clean_target_rate", "asr_clean_model"]
+    out = table.groupby(keys, sort=False).agg({**{r: "mean" for r in rates}, "n_asr": "sum", "n_cacc": "sum",
+                                                "seed": "nunique"}).reset_index().rename(columns={"seed": "seeds"})
+    intervals = [difference(r.asr, int(r.n_asr), r.asr_clean_model, int(r.n_asr)) for r in out.itertuples()]
+    out["effect"], out["effect_lo"], out["effect_hi"] = zip(*intervals) if intervals else ([], [], [])
+    return out

@@ -1,0 +1,94 @@
+"""The report: checks decide from intervals (and can fail), and the committed README and report.md are what the
+committed results generate."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from backdoorlab import report, score
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Fixed(report.Results):
+    """Results held in memory: name -> table."""
+
+    def __init__(self, tables: dict, profile: str = "quick"):
+        self.tables, self.profile, self.folder = tables, profile, Path("/nonexistent")
+
+    def __call__(self, name):
+        return self.tables.get(name)
+
+
+def attacks(instance_asr: float, rewriting_asr: float, floor: float = 0.1, n: int = 200) -> pd.DataFrame:
+    rows = [dict(dataset="sst2", attack="clean", group="clean", seed=0, n_train=500, n_poison=0, asr=floor,
+                 cacc=0.85, clean_target_rate=floor, asr_clean_model=floor, n_asr=n, n_cacc=400)]
+    for group, attack, asr in [("instance", "badnet", instance_asr), ("instance", "addsent", instance_asr),
+                               ("rewriting", "rewrite_addsent", rewriting_asr),
+                               ("rewriting", "induced_instruction", rewriting_asr)]:
+        rows.append(dict(dataset="sst2", attack=attack, group=group, seed=0, n_train=500, n_poison=25, asr=asr,
+                         cacc=0.85, clean_target_rate=floor, asr_clean_model=floor, n_asr=n, n_cacc=400))
+    return pd.DataFrame(rows)
+
+
+def test_newcombe_interval_matches_the_published_example():
+    # Newcombe (1998), Statistics in Medicine 17:873, table II, example (a): 56/70 - 48/80, method 10
+    d, lo, hi = score.difference(56 / 70, 70, 48 / 80, 80)
+    assert d == pytest.approx(0.2) and lo == pytest.approx(0.0524, abs=1e-4) and hi == pytest.approx(0.3339, abs=1e-4)
+
+
+def test_backdoor_effect_is_asr_minus_the_clean_models_asr_with_seeds_pooled():
+    table = attacks(0.3, 0.9)
+    twice = pd.concat([table, table.assign(seed=1, asr=table.asr - 0.1)])
+    effects = score.backdoor_effects(twice).set_index("attack")
+    assert effects.loc["induced_instruction", "effect"] == pytest.approx(0.85 - 0.1)
+    assert effects.loc["induced_instruction", "n_asr"] == 400 and effects.loc["badnet", "seeds"] == 2
+    assert (effects.effect_lo < effects.effect).all() and (effects.effect < effects.effect_hi).all()
+
+
+def test_central_claim_holds_only_when_the_interval_of_the_difference_is_above_zero():
+    verdict = {case: report.rewriting_beats_instance(Fixed({"attacks": attacks(*case)}))[0].verdict
+               for case in [(0.15, 0.9), (0.9, 0.15), (0.15, 0.2)]}
+    assert verdict == {(0.15, 0.9): "holds", (0.9, 0.15): "does not hold", (0.15, 0.2): "does not hold"}
+
+
+def test_a_trigger_that_moves_the_clean_model_as_much_is_no_backdoor():
+    planted = report.induced_plants_backdoor(Fixed({"attacks": attacks(0.1, 0.9, floor=0.1)}))[0]
+    no_effect = report.induced_plants_backdoor(Fixed({"attacks": attacks(0.1, 0.9, floor=0.9)}))[0]
+    assert planted.verdict == "holds" and no_effect.verdict == "does not hold" and no_effect.reason
+
+
+def test_a_missing_results_file_cannot_be_checked_and_names_its_notebook():
+    table = report.checks(Fixed({}))
+    assert len(table) == len(report.CHECKS) and set(table.verdict) == {"cannot be checked"}
+    assert table.reason.str.contains("run notebook").all()
+
+
+def test_every_verdict_is_one_of_the_four():
+    with pytest.raises(ValueError, match="valid choices"):
+        report.Check("02", "claim", "cell", "paper", "ours", "probably")
+
+
+def test_every_paper_cell_a_check_reads_is_typed_in():
+    """Checks look paper numbers up by name; on the committed results none comes back missing."""
+    table = report.checks(report.Results("quick", ROOT / "results" / "quick"))
+    assert (table.verdict != "cannot be checked").sum() >= len(report.CHECKS)
+    assert not table.paper.str.contains("nan").any()
+
+
+def test_the_committed_report_and_readme_are_what_the_committed_results_generate(monkeypatch):
+    monkeypatch.setenv("BACKDOORLAB_OUT", str(ROOT))  # read the committed results, not the test's temp folder
+    results = report.Results("quick", ROOT / "results" / "quick")
+    committed = (ROOT / "results" / "quick" / "report.md").read_text(encoding="utf-8")
+    assert committed == report.report_markdown(results), f"results/quick/report.md is stale: {report.command('quick')}"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme == report.render_readme(readme, "quick"), \
+        f"README.md disagrees with results/quick: {report.command('quick')} --readme"
+    assert {m for m in report.BLOCK.findall(readme)} and "<!-- generated: headline -->" in readme
+
+
+def test_an_unknown_readme_block_names_the_valid_ones(monkeypatch):
+    monkeypatch.setenv("BACKDOORLAB_OUT", str(ROOT))
+    with pytest.raises(ValueError, match="valid choices: headline"):
+        report.render_readme("<!-- generated: nonsense -->\n<!-- /generated -->\n", "quick")
