@@ -130,3 +130,75 @@ def test_tuning_rounds_read_successive_rows_and_rounds_chain(run_dir):
         Tuning(parent=None, data="sst3", steps=1)
     with pytest.raises(ValueError, match="steps >= 1"):
         Tuning(parent=None, data="alpaca", steps=0)
+
+
+# ---- pack / unpack ----------------------------------------------------------------------------------------------
+
+def _lab_cache(root):
+    """A run cache with one finished stage (weights, record, probe), leftovers of an unfinished one, and a memo."""
+    import torch
+    from safetensors.torch import save_file
+
+    stage = root / "sst2-badnet-0123456789ab"
+    (stage / "weights").mkdir(parents=True)
+    save_file({"w": torch.arange(6.0).reshape(2, 3)}, stage / "weights" / "adapter_model.safetensors")
+    (stage / "weights" / "adapter_config.json").write_text("{}")
+    (stage / "config.json").write_text('{"attack": "badnet"}')
+    (stage / "eval-test-1234.json").write_text('{"asr": 0.5}')
+    (stage / "checkpoint.pt").write_bytes(b"pickle")  # an unfinished epoch's state: never packed
+    (root / "sst2-clean-ba9876543210" / ".weights-tmp").mkdir(parents=True)
+    (root / "memo").mkdir()
+    (root / "memo" / "onion-1.json").write_text("[1, 2]")
+    return {"sst2-badnet-0123456789ab/weights/adapter_model.safetensors", "sst2-badnet-0123456789ab/weights/"
+            "adapter_config.json", "sst2-badnet-0123456789ab/config.json", "sst2-badnet-0123456789ab/eval-test-1234.json",
+            "memo/onion-1.json"}
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_pack_and_unpack_round_trip_the_finished_entries_only(tmp_path):
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    expected = _lab_cache(teacher)
+    manifest = cache.pack(tmp_path / "lab.tar", teacher)
+    assert set(manifest) == expected
+    assert cache.unpack(tmp_path / "lab.tar", student) == len(expected)
+    assert _files(student) == {k: v for k, v in _files(teacher).items() if k in expected}
+    assert cache.unpack(tmp_path / "lab.tar", student) == 0  # what the cache holds is kept, nothing doubled
+
+
+def _archive(path, members: dict, manifest: dict | None, links: tuple = ()):
+    import io
+    import json
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        entries = ({cache.MANIFEST: json.dumps(manifest).encode()} if manifest is not None else {}) | members
+        for name, body in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+        for name, target in links:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return path
+
+
+@pytest.mark.parametrize("members, manifest, links, message", [
+    ({"../outside.json": b"{}"}, {"../outside.json": {"size": 2, "sha256": ""}}, (), "outside the cache"),
+    ({"/etc/evil.json": b"{}"}, {"/etc/evil.json": {"size": 2, "sha256": ""}}, (), "outside the cache"),
+    ({}, {}, (("stage/link.json", "/etc/passwd"),), "not a plain file"),
+    ({"stage/weights.pt": b"pickle"}, {"stage/weights.pt": {"size": 6, "sha256": ""}}, (), "not one of"),
+    ({"stage/config.json": b"{}"}, {}, (), "not in the manifest"),
+    ({"stage/config.json": b"{}"}, {"stage/config.json": {"size": 3, "sha256": ""}}, (), "the manifest says 3"),
+    ({"stage/config.json": b"{}"}, {"stage/config.json": {"size": 2, "sha256": "0" * 64}}, (), "SHA-256 differs"),
+    ({"stage/config.json": b"{}"}, None, (), "no MANIFEST.json"),
+])
+def test_unpack_refuses_an_archive_that_is_not_what_its_manifest_says(tmp_path, members, manifest, links, message):
+    student = tmp_path / "student"
+    archive = _archive(tmp_path / "bad.tar", members, manifest, links)
+    with pytest.raises(ValueError, match=message):
+        cache.unpack(archive, student)
+    assert _files(student) == {} and not (tmp_path / "outside.json").exists()

@@ -17,13 +17,15 @@ half-written entry and the next call redoes only what is missing; a damaged entr
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
+import tarfile
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields, is_dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -276,3 +278,124 @@ def probe(stage: Stage, name: str, compute):
     """A measurement of a stage, `compute()`'s JSON result, saved once as ``<stage folder>/<name>.json``. The name
     says everything the measurement depends on beyond the stage (which rows, how prompted); `digest` shortens it."""
     return cached_json(stage.path / f"{name}.json", compute)
+
+
+# ---- packing the cache for a lab ------------------------------------------------------------------------------------
+
+PACKED_SUFFIXES = (".safetensors", ".json", ".md")  # weights, records and probes, peft's adapter card: no pickles
+MANIFEST = "MANIFEST.json"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pack(archive: Path, root: Path | None = None) -> dict:
+    """Every finished file of the run cache into one uncompressed tar (safetensors barely compress) with a manifest
+    of each file's size and SHA-256. Checkpoints of unfinished training and temporary folders stay out."""
+    root = Path(root or runs_dir())
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in PACKED_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    manifest = {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": sha256(p)} for p in files}
+    body = json.dumps(manifest, indent=1).encode()
+    tmp = Path(archive).with_name(f".{Path(archive).name}.tmp")
+    with tarfile.open(tmp, "w") as tar:
+        info = tarfile.TarInfo(MANIFEST)
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+        for name in manifest:
+            tar.add(root / name, arcname=name, recursive=False)
+    os.replace(tmp, archive)
+    return manifest
+
+
+def _refusals(tar: tarfile.TarFile, manifest: dict) -> list[str]:
+    problems, seen = [], set()
+    for m in tar.getmembers():
+        path = PurePosixPath(m.name)
+        if m.name == MANIFEST:
+            continue
+        if path.is_absolute() or ".." in path.parts or not path.parts:
+            problems.append(f"{m.name}: a path outside the cache")
+        elif not m.isfile():
+            problems.append(f"{m.name}: not a plain file (a link or device)")
+        elif path.suffix not in PACKED_SUFFIXES:
+            problems.append(f"{m.name}: {path.suffix or 'no suffix'} is not one of {', '.join(PACKED_SUFFIXES)}")
+        elif m.name not in manifest:
+            problems.append(f"{m.name}: not in the manifest")
+        elif m.size != manifest[m.name]["size"]:
+            problems.append(f"{m.name}: {m.size} bytes, the manifest says {manifest[m.name]['size']}")
+        seen.add(m.name)
+    problems += [f"{name}: in the manifest, not in the archive" for name in sorted(set(manifest) - seen)]
+    return problems
+
+
+def unpack(archive: Path, root: Path | None = None) -> int:
+    """Unpack an archive made by `pack` into the run cache; return how many files were added. Refuses (ValueError,
+    nothing written) an archive without a manifest, with a path outside the cache, a link, a file type other than
+    `PACKED_SUFFIXES`, or a file whose size or SHA-256 is not the manifest's. Entries the cache already holds are
+    kept (the cache is keyed by content); new stage folders appear whole, by one rename each."""
+    root = Path(root or runs_dir())
+    root.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        try:
+            manifest = json.load(tar.extractfile(MANIFEST))
+        except KeyError:
+            raise ValueError(f"refused {archive}: no {MANIFEST}; make one with `python -m backdoorlab.cache pack`")
+        if problems := _refusals(tar, manifest):
+            raise ValueError(f"refused {archive}, nothing unpacked: " + "; ".join(problems[:5])
+                             + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+        staging = Path(tempfile.mkdtemp(dir=root, prefix=".unpack-"))
+        try:
+            tar.extractall(staging, members=[m for m in tar.getmembers() if m.name != MANIFEST], filter="data")
+            wrong = [n for n, entry in manifest.items() if sha256(staging / n) != entry["sha256"]]
+            if wrong:
+                raise ValueError(f"refused {archive}, nothing unpacked: SHA-256 differs from the manifest for "
+                                 + ", ".join(wrong[:5]))
+            added = 0
+            for stage in sorted(staging.iterdir()):
+                added += _move_new(stage, root / stage.name)
+            return added
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_new(source: Path, target: Path) -> int:
+    """Move what `target` lacks: a missing folder whole (one rename), else its missing children, recursively."""
+    if not target.exists():
+        count = sum(1 for p in source.rglob("*") if p.is_file()) if source.is_dir() else 1
+        os.replace(source, target)
+        return count
+    if source.is_dir() and target.is_dir() and source.name != WEIGHTS:  # a saved weights folder is never mixed
+        return sum(_move_new(child, target / child.name) for child in sorted(source.iterdir()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m backdoorlab.cache", description="Pack the run cache into one "
+                                     "archive for a lab, or unpack one into it.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in [("pack", "write the cache to ARCHIVE"), ("unpack", "add ARCHIVE's entries to the cache")]:
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("archive", type=Path)
+        cmd.add_argument("--cache", type=Path, default=None, help="the run cache (default: results/runs)")
+    args = parser.parse_args(argv)
+    if args.command == "pack":
+        manifest = pack(args.archive, args.cache)
+        size = sum(e["size"] for e in manifest.values()) / 2**30
+        print(f"{args.archive}: {len(manifest)} files, {size:.2f} GiB")
+    else:
+        try:
+            print(f"{args.archive}: {unpack(args.archive, args.cache)} files added to {args.cache or runs_dir()}")
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+
+
+if __name__ == "__main__":
+    main()
