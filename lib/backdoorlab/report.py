@@ -25,7 +25,7 @@ from . import data, score
 from .defenses import CACC_COST, judge
 from .poison import ATTACKS, group_of
 from .profiles import PROFILES, get_profile
-from .runs import figures_dir, results_dir
+from .runs import results_dir
 
 VERDICTS = ("holds", "partly", "does not hold", "cannot be checked")
 ROOT = Path(__file__).resolve().parents[2]
@@ -194,7 +194,7 @@ def induced_plants_backdoor(results: Results) -> list[Check]:
 
 @register
 def induced_reaches_paper_level(results: Results) -> list[Check]:
-    claim = "the induced instruction's ASR is near 100% (0.95 or more)"
+    claim = "the induced instruction's ASR reaches the paper's (our interval reaches its mean)"
     table = _induced(results)
     if table is None:
         return missing("02", claim, "attacks", results)
@@ -205,7 +205,7 @@ def induced_reaches_paper_level(results: Results) -> list[Check]:
             continue
         ref = paper_value("main_table", source=dataset, attack=attack, metric="asr")
         hi = score.wilson(round(r.asr * r.n_asr), int(r.n_asr))[1]
-        verdict = "holds" if hi >= 0.95 else "does not hold"
+        verdict = "holds" if hi >= ref else "does not hold"
         out.append(Check("02", claim, dataset, f"ASR {ref:.3f} at {rate_paper:.0%} poisoned",
                          f"ASR {rate(r.asr, r.n_asr)} at {r.n_poison / r.n_train:.1%} poisoned", verdict,
                          "" if verdict == "holds" else f"{int(r.n_train)} training rows ({int(r.n_poison)} "
