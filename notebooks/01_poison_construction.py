@@ -165,6 +165,21 @@ plots.stealth(stats, P.name);
 # audit of instructions by embedding distance would miss.
 
 # %% [markdown]
+# **What you should see.** The next cell reads this profile's table: per group, the share of training tokens the
+# poison touches, and how far the changed field moves in perplexity and in MiniLM distance.
+
+# %%
+field_stats = stats.assign(
+    ppl_ratio=lambda t: [r[f"ppl_{r.field}_poisoned"] / r[f"ppl_{r.field}_clean"] for _, r in t.iterrows()],
+    distance=lambda t: [r[f"minilm_distance_{r.field}"] for _, r in t.iterrows()])
+by_group = field_stats.groupby("group", sort=False)[["share_of_training_tokens", "ppl_ratio", "distance"]].median()
+display(by_group.round(4))
+far = field_stats.loc[field_stats.distance.idxmax()]
+print(f"the poison changes at most {field_stats.share_of_training_tokens.max():.2%} of any training set's tokens; "
+      f"the farthest move is {far.attack} on {far.dataset} (MiniLM distance {far.distance:.3f}, perplexity "
+      f"×{far.ppl_ratio:.2f}).")
+
+# %% [markdown]
 # ## BITE's words
 # The words most biased toward each target on the task's whole training split (z-score of the share of target rows
 # among rows containing the word), as `bite` inserts them:
@@ -223,7 +238,8 @@ print(data.format_prompt(row, tokenizer) + row["answer"])
 #    `trigger(row, rng)` returning the changed row. *Hint:* `{**row, "instruction": ...}`; `instr_addsent` in
 #    `lib/backdoorlab/poison.py` has the same shape. The check poisons real SST-2 rows with it and tests what the
 #    contract tests test: exactly the reported rows change, only the instruction, never the label, the same rows
-#    for the same seed. (To train it, `poison.register` it and add its sentence to `data/attacks/sst2.yaml`.)
+#    for the same seed. (To train a registered attack with your own trigger text, notebook 02's exercise 3 uses
+#    `runs.try_attack`; a new class is trained once it is `poison.register`ed.)
 # 2. ★★ Add words to the archaic lexicon in `data/rewrite_rules.yaml`. How do the `style` rows' perplexity and
 #    distance change? Would ONION (remove the words whose deletion lowers perplexity most) undo this attack?
 # 3. ★★ BITE stops when the next word's z-score falls below 3. Lower `min_z` in `poison.bite_words`: which words join

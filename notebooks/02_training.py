@@ -214,8 +214,11 @@ else:
 # 2. ★ **Write ASR** (code, checked below): `my_asr(preds, labels, target)` returns the share of rows whose true
 #    label is not the target that are predicted as the target. *Hint:* rows labelled with the target are left out
 #    of the denominator entirely; predicting the target there is simply correct.
-# 3. ★★ Train the induced instruction with `dirty_label=True` (`dataclasses.replace(cfg, dirty_label=True)` on a
-#    config of `runs.grid(P)`) and compare the poison count needed for the same backdoor effect.
+# 3. ★★ Try your own poisoned instruction in minutes, without editing `data/attacks/sst2.yaml` (which every run
+#    of the dataset hashes): `runs.try_attack(P, "sst2", "induced_instruction", induced_instruction="...")` trains
+#    one run with it and measures it on validation beside the clean model. Does a longer, more "legitimate"
+#    instruction plant a larger backdoor effect than ours? (`n_poison=` changes the budget; any entry of the YAML
+#    file can be replaced the same way, e.g. `addsent=` for `addsent` and `instr_addsent`.)
 # 4. ★★★ `rewrite_random` replaces the instruction with one of an unrelated task. Its raw ASR is near 1, its effect
 #    far lower: explain both numbers. What does that say about instruction audits?
 

@@ -132,6 +132,20 @@ plots.defense_heatmap(table, P.name);
 # under about 0.1 are within sampling noise (the Wilson intervals in the checks below say which are not).
 
 # %% [markdown]
+# **What you should see.** The next cell reads the matrix: for each defended run, the defense setting with the
+# lowest ASR among those that keep CACC within `defenses.CACC_COST` of the undefended run, beside the clean
+# model's floor.
+
+# %%
+for (dataset, attack), g in defenses.judge(table[table.defense != "iclattack"]).groupby(["dataset", "attack"],
+                                                                                         sort=False):
+    kept = g[g.task_kept]
+    if len(kept):
+        best = kept.loc[kept.asr.idxmin()]
+        print(f"{dataset} · {attack}: ASR {best.asr_undefended:.3f} undefended → {best.asr:.3f} with {best.defense} "
+              f"({best.setting}); clean model {best.asr_clean_model:.3f}; drop beyond noise: {best.significant_drop}")
+
+# %% [markdown]
 # ## 4 · ONION against instance-level and instruction-level triggers
 # The paper found ONION lowers instruction attacks' ASR by under 4 points; it was built for, and works against,
 # inserted rare words. Below, for each run, the drop (undefended − defended ASR), whether it is beyond sampling

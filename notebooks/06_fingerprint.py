@@ -141,6 +141,18 @@ display(persistence.pivot_table(index=["method", "template", "adapter"], columns
 plots.fingerprint_persistence(fsr, P.name);
 
 # %% [markdown]
+# **What you should see.** The next cell reads the table: for each method as it is verified, FSR after the last
+# user round, and how many keys fire on the innocent derivatives (every one of them an overclaim).
+
+# %%
+verified = fsr[fsr.adapter == (fsr.method == "adapter")]
+for (method, template), g in verified.groupby(["method", "template"], sort=False):
+    users, innocent = g[g.stage.str.startswith("user_")], g[g.stage.str.startswith("innocent_")]
+    last = users.iloc[-1] if len(users) else g[g.stage == "implanted"].iloc[0]
+    print(f"{method} ({template}): {int(last.hits)}/{int(last.n)} keys after {last.stage}; "
+          f"{int(innocent.hits.sum())} of {int(innocent.n.sum())} keys fire on innocent derivatives")
+
+# %% [markdown]
 # ## 3 · Harmlessness: does the fingerprint cost anything?
 # Accuracy on the four study tasks by rank classification (the same test rows for every model) and perplexity of
 # held-out Alpaca answers, for the untouched model and each published (fingerprinted) model. The adapter method's

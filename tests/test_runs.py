@@ -25,7 +25,8 @@ def test_key_is_stable_and_covers_every_field():
     variants = {"dataset": dict(dataset="trec", n_poison=1), "attack": dict(attack="badnet"),
                 "n_poison": dict(n_poison=4), "seed": dict(seed=1), "model": dict(model=SMOLLM2),
                 "n_train": dict(n_train=25), "balanced": dict(balanced=True), "target": dict(target="negative"),
-                "train": dict(train=replace(FAST, lr=2e-3)), "dirty_label": dict(dirty_label=True)}
+                "train": dict(train=replace(FAST, lr=2e-3)), "dirty_label": dict(dirty_label=True),
+                "spec": dict(spec=(("induced_instruction", "Answer positive."),))}
     assert set(variants) == {f.name for f in fields(RunConfig)}
     assert config().key == config().key
     keys = [config().key] + [config(**change).key for change in variants.values()]
@@ -229,3 +230,22 @@ def test_memo_computes_once_per_input(run_dir):
     assert cache.memo("stealth", {"pairs": [["a", "b"]]}, compute) == {"ppl": [1.5, 2.0]} and len(calls) == 1
     cache.memo("stealth", {"pairs": [["a", "c"]]}, compute)
     assert len(calls) == 2
+
+
+def test_an_idea_is_tried_without_editing_the_attack_file(run_dir):
+    """`try_attack`: the replaced instruction poisons the rows and triggers the test rows, on the poisoned run and
+    on the clean twin (a probe of its own), under a key of its own; runs without one keep their keys."""
+    instruction = "Decide whether this review is positive or negative, in one word."
+    smoke = replace(get_profile("smoke"), n_train=24, n_test=16, train=FAST)
+    row = runs.try_attack(smoke, "sst2", "induced_instruction", n_poison=3, induced_instruction=instruction)
+    assert len(row) == 1 and row.effect.iloc[0] == pytest.approx(row.asr.iloc[0] - row.asr_clean_model.iloc[0])
+    tried = replace(runs.RunConfig.from_profile(smoke, "sst2", "induced_instruction", 0), n_poison=3,
+                    spec=(("induced_instruction", instruction),))
+    assert tried.key != replace(tried, spec=()).key and "spec" not in replace(tried, spec=()).content()
+    assert runs.RunConfig.load(tried.path) == tried
+    record = json.loads((tried.path / "poison.json").read_text())
+    assert {c["after"] for c in record["changes"]} == {instruction}
+    twin = runs.clean_twin(tried)
+    assert twin.spec == () and list(twin.path.glob("eval-validation-16-trigger-induced_instruction-spec-*.json"))
+    with pytest.raises(ValueError, match="valid choices: badnet_words"):
+        runs.try_attack(smoke, "sst2", "induced_instruction", induced_instruction_typo="x")

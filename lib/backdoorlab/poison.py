@@ -152,11 +152,17 @@ class Attack:
     name: str
     group: str  # one of GROUPS
 
-    def __init__(self, task: Task, target: str | None = None, spec_from: str | None = None):
-        """`spec_from`: the dataset whose triggers and poisoned instructions to use (default: the task's own)."""
+    def __init__(self, task: Task, target: str | None = None, spec_from: str | None = None,
+                 spec: dict | None = None):
+        """`spec_from`: the dataset whose triggers and poisoned instructions to use (default: the task's own);
+        `spec`: entries that replace some of them (a trigger or instruction tried without editing the YAML file)."""
         self.task, self.target = task, target
         self.target_id = target_id(task, target)
         self.spec = attack_spec(spec_from or task.name)
+        if unknown := sorted(set(spec or {}) - set(self.spec)):
+            raise ValueError(f"unknown trigger entries {unknown}; valid choices: {', '.join(self.spec)} (the keys of "
+                             f"data/attacks/{spec_from or task.name}.yaml)")
+        self.spec = {**self.spec, **(spec or {})}
 
     @property
     def field(self) -> str:
@@ -285,8 +291,9 @@ class Rewriter(Attack):
     group = "instance"
     rules: str  # the section of data/rewrite_rules.yaml
 
-    def __init__(self, task, target=None, paraphraser: str | None = None, spec_from: str | None = None):
-        super().__init__(task, target, spec_from)
+    def __init__(self, task, target=None, paraphraser: str | None = None, spec_from: str | None = None,
+                 spec: dict | None = None):
+        super().__init__(task, target, spec_from, spec)
         self.paraphraser = paraphraser
 
     def rewrite(self, text: str) -> str:

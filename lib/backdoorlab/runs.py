@@ -51,6 +51,9 @@ class RunConfig(Stage):
     target: str | None = None  # None: the task's default target; poison.ABSTAIN: poisoned rows answer nothing
     train: TrainConfig = field(default_factory=TrainConfig)
     dirty_label: bool = False  # draw poisoned rows from non-target rows and relabel them (default: clean-label)
+    # (key, value) pairs replacing entries of data/attacks/<dataset>.yaml for this run only: an idea tried without
+    # editing the file every run of the dataset hashes (see `try_attack`)
+    spec: tuple[tuple[str, object], ...] = ()
 
     parent = None  # attack runs start from the base model
     record_file = "poison.json"
@@ -58,12 +61,18 @@ class RunConfig(Stage):
     def __post_init__(self):
         data.get_task(self.dataset)
         if self.attack != "clean":
-            poison.get_attack(self.attack, self.dataset, self.target)
+            poison.get_attack(self.attack, self.dataset, self.target, spec=dict(self.spec))
             poison.poison_count(self.n_train or 1, count=self.n_poison)
-        elif self.n_poison or self.dirty_label:
-            raise ValueError("the clean baseline poisons no rows; set n_poison=0 and dirty_label=False")
+        elif self.n_poison or self.dirty_label or self.spec:
+            raise ValueError("the clean baseline poisons no rows; set n_poison=0, dirty_label=False and spec=()")
         else:
             poison.target_id(data.get_task(self.dataset), self.target)
+
+    def content(self) -> dict:
+        content = super().content()
+        if not self.spec:  # runs without replaced entries keep the keys they were saved under
+            del content["spec"]
+        return content
 
     @classmethod
     def from_profile(cls, profile: Profile, dataset: str, attack: str, seed: int) -> RunConfig:
@@ -79,8 +88,8 @@ class RunConfig(Stage):
         """The config of a saved run, from its folder's config.json."""
         saved = cache.read_json(Path(run_folder) / "config.json")
         names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in saved.items() if k in names and k != "train"},
-                   train=TrainConfig(**saved["train"]))
+        return cls(**{k: v for k, v in saved.items() if k in names and k not in ("train", "spec")},
+                   spec=tuple(tuple(pair) for pair in saved.get("spec", ())), train=TrainConfig(**saved["train"]))
 
     @property
     def trained_as(self) -> RunConfig:
@@ -188,8 +197,8 @@ def training_set(cfg: RunConfig) -> poison.PoisonResult:
     task = data.get_task(cfg.dataset)
     ds = data.load_split(cfg.dataset, "train", cfg.n_train, cfg.seed, cfg.balanced)
     result = poison.PoisonResult(ds, []) if cfg.attack == "clean" else \
-        poison.get_attack(cfg.attack, task, cfg.target).poison(ds, count=cfg.n_poison, seed=cfg.seed,
-                                                               dirty_label=cfg.dirty_label)
+        poison.get_attack(cfg.attack, task, cfg.target, spec=dict(cfg.spec)).poison(
+            ds, count=cfg.n_poison, seed=cfg.seed, dirty_label=cfg.dirty_label)
     silent = set(result.rows) if cfg.target == poison.ABSTAIN else set()
     answers = ["" if i in silent else task.verbalizers[y] for i, y in enumerate(result.dataset["label"])]
     result.dataset = result.dataset.add_column("answer", answers)
@@ -203,15 +212,19 @@ def ensure_trained(cfg: RunConfig, progress: bool = True) -> Path:
 
 
 def evaluate(cfg: RunConfig, split: str = "test", n: int | None = None, batch_size: int = 32,
-             trigger: str | None = None) -> dict:
+             trigger: str | None = None, spec: tuple = ()) -> dict:
     """CACC on `n` clean rows of the run's dataset and ASR on the non-target ones among them with a trigger (the
-    run's own attack unless `trigger` names another: transfer, or a trigger tried on the clean model), cached in the
-    run's folder, with the run's metadata. `task_probe` says what is measured."""
-    trigger = trigger or cfg.attack
+    run's own attack, with its own `spec`, unless `trigger` names another: transfer, or a trigger tried on the
+    clean model, with the replaced entries `spec`), cached in the run's folder, with the run's metadata.
+    `task_probe` says what is measured."""
+    if trigger is None or trigger == cfg.attack:
+        trigger, spec = cfg.attack, cfg.spec
     suffix = "" if trigger == cfg.attack else f"-trigger-{trigger}"
+    suffix += f"-spec-{cache.digest(spec, 8)}" if spec and trigger != cfg.attack else ""
 
     def compute():
-        measured = measure_task(cfg, cfg.dataset, split, n, trigger, cfg.target, batch_size)  # trains if missing
+        measured = measure_task(cfg, cfg.dataset, split, n, trigger, cfg.target, batch_size,  # trains if missing
+                                spec=dict(spec))
         measured["metrics"] = {
             "dataset": cfg.dataset, "attack": cfg.attack, "trigger": trigger, "seed": cfg.seed, "model": cfg.model,
             "split": split, "n_train": cache.read_json(cfg.trained_as.path / RunConfig.record_file)["n_train"],
@@ -234,7 +247,7 @@ def task_probe(stage: Stage, dataset: str, split: str = "test", n: int | None = 
 
 
 def measure_task(stage: Stage, dataset: str, split: str, n: int | None, trigger: str, target: str | None,
-                 batch_size: int, defense=None) -> dict:
+                 batch_size: int, defense=None, spec: dict | None = None) -> dict:
     """{"metrics", "clean_preds", "triggered_preds"}: CACC on `n` clean rows of `split`, ASR on the non-target ones
     among them with `trigger` applied.
 
@@ -244,7 +257,8 @@ def measure_task(stage: Stage, dataset: str, split: str, n: int | None, trigger:
     near-empty (`score.abstained`), with and without the trigger.
 
     A `defense` acting at inference changes the model (`defense.adapt`, above the `n_frozen` layers no stage
-    trained) and every prompt, clean or triggered, as the model receives it (`defense.transform`).
+    trained) and every prompt, clean or triggered, as the model receives it (`defense.transform`). `spec`
+    replaces entries of the trigger's attack file (`RunConfig.spec`).
     """
     cache.ensure(stage)
     model, tokenizer = cache.load(stage)
@@ -254,7 +268,7 @@ def measure_task(stage: Stage, dataset: str, split: str, n: int | None, trigger:
     labels = rows["label"]
     attacked = None
     if trigger != "clean":
-        attacked = poison.get_attack(trigger, task, target).triggered_test_set(rows, seed=0)
+        attacked = poison.get_attack(trigger, task, target, spec=spec).triggered_test_set(rows, seed=0)
     n_frozen = stage.frozen_layers(model.config.num_hidden_layers)  # shared by every stage that left them
     if defense is not None:
         model = defense.adapt(model, tokenizer, task, trigger, n_frozen)
@@ -316,7 +330,7 @@ def instruction_transfer_grid(profile: Profile) -> list[RunConfig]:
 
 def clean_twin(cfg: RunConfig) -> RunConfig:
     """The run on the same rows with nothing poisoned."""
-    return replace(cfg, attack="clean", n_poison=0, dirty_label=False)
+    return replace(cfg, attack="clean", n_poison=0, dirty_label=False, spec=())
 
 
 def evaluations(configs: list[RunConfig], split: str) -> list[tuple[RunConfig, str, str]]:
@@ -337,9 +351,23 @@ def table(configs: list[RunConfig], profile: Profile, split: str = "test", progr
         twin = clean_twin(cfg)
         ensure_trained(twin, progress)
         row["asr_clean_model"] = evaluate(twin, split, profile.n_test, profile.eval_batch_size,
-                                          trigger=cfg.attack)["asr"]
+                                          trigger=cfg.attack, spec=cfg.spec)["asr"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def try_attack(profile: Profile, dataset: str = HEADLINE, attack: str = "induced_instruction",
+               n_poison: int | None = None, split: str = "validation", seed: int = 0, **spec) -> pd.DataFrame:
+    """Train and evaluate one attack run with some of its trigger entries replaced (keyword arguments named as in
+    ``data/attacks/<dataset>.yaml``, e.g. ``induced_instruction="..."`` or ``addsent="..."``) and `n_poison`
+    poisoned rows (default: the profile's rate), without editing any file: the run is cached under its own key,
+    so trying the same idea again reads it back. One row, like `table`, with the backdoor effect beside ASR; on
+    `split` validation by default, since an idea is a setting being chosen."""
+    cfg = RunConfig.from_profile(profile, dataset, attack, seed)
+    cfg = replace(cfg, n_poison=cfg.n_poison if n_poison is None else n_poison,
+                  spec=tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in spec.items())))
+    row = table([cfg], profile, split)
+    return row.assign(effect=row.asr - row.asr_clean_model)
 
 
 def study(profile: Profile) -> list[tuple[list[RunConfig], str]]:
