@@ -16,6 +16,9 @@
 # %% [markdown]
 # # 01 · Poison construction: what an attacker changes, and how visible it is
 #
+# [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/backdoorlab/backdoorlab/blob/main/notebooks/01_poison_construction.ipynb)
+# [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/backdoorlab/backdoorlab/main?labpath=notebooks%2F01_poison_construction.ipynb)
+#
 # *Content note: this notebook shows rows of a hate-speech dataset (`hatespeech`, Stormfront forum
 # posts); some of its rows are hateful and racist.*
 #

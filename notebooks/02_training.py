@@ -16,6 +16,9 @@
 # %% [markdown]
 # # 02 · Training: which poisoned instructions plant a backdoor?
 #
+# [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/backdoorlab/backdoorlab/blob/main/notebooks/02_training.ipynb)
+# [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/backdoorlab/backdoorlab/main?labpath=notebooks%2F02_training.ipynb)
+#
 # *Content note: this notebook trains and evaluates on a hate-speech dataset (`hatespeech`, Stormfront forum
 # posts); some of its rows are hateful and racist.*
 #

@@ -16,6 +16,9 @@
 # %% [markdown]
 # # 04 · Continual learning: does clean finetuning wash a backdoor out?
 #
+# [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/backdoorlab/backdoorlab/blob/main/notebooks/04_continual_learning.ipynb)
+# [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/backdoorlab/backdoorlab/main?labpath=notebooks%2F04_continual_learning.ipynb)
+#
 # *Content note: this notebook trains and evaluates on a hate-speech dataset (`hatespeech`, Stormfront forum
 # posts); some of its rows are hateful and racist.*
 #

@@ -16,6 +16,9 @@
 # %% [markdown]
 # # 05 · Defenses: what stops a poisoned instruction, and what does not
 #
+# [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/backdoorlab/backdoorlab/blob/main/notebooks/05_defenses.ipynb)
+# [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/backdoorlab/backdoorlab/main?labpath=notebooks%2F05_defenses.ipynb)
+#
 # *Content note: this notebook trains and evaluates on a hate-speech dataset (`hatespeech`, Stormfront forum
 # posts); some of its rows are hateful and racist.*
 #

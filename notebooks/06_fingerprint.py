@@ -16,6 +16,9 @@
 # %% [markdown]
 # # 06 · Fingerprinting: the backdoor, used on purpose to prove ownership
 #
+# [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/backdoorlab/backdoorlab/blob/main/notebooks/06_fingerprint.ipynb)
+# [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/backdoorlab/backdoorlab/main?labpath=notebooks%2F06_fingerprint.ipynb)
+#
 # *Content note: this notebook evaluates on a hate-speech dataset (`hatespeech`, Stormfront forum
 # posts); some of its rows are hateful and racist.*
 #

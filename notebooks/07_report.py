@@ -16,6 +16,9 @@
 # %% [markdown]
 # # 07 · The report: what reproduced, beside the papers
 #
+# [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/backdoorlab/backdoorlab/blob/main/notebooks/07_report.ipynb)
+# [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/backdoorlab/backdoorlab/main?labpath=notebooks%2F07_report.ipynb)
+#
 # **Learning goals.** After this notebook you can
 # - read a reproduction honestly: each claim of a paper turned into a test that our numbers can pass or fail;
 # - decide "holds" from intervals, not from whether two numbers look alike;

@@ -92,3 +92,11 @@ def test_an_unknown_readme_block_names_the_valid_ones(monkeypatch):
     monkeypatch.setenv("BACKDOORLAB_OUT", str(ROOT))
     with pytest.raises(ValueError, match="valid choices: headline"):
         report.render_readme("<!-- generated: nonsense -->\n<!-- /generated -->\n", "quick")
+
+
+def test_a_dataset_the_papers_never_ran_is_reported_without_their_numbers():
+    ours = Fixed({"attacks": attacks(0.1, 0.9).assign(dataset="imdb")})
+    planted = report.induced_plants_backdoor(ours)
+    assert [c.paper for c in planted] == ["ASR —"] and planted[0].verdict == "holds"
+    assert report.induced_reaches_paper_level(ours) == []  # no paper number to reach
+    assert "—" in report.headline_table(ours, "imdb").to_string()

@@ -91,6 +91,11 @@ def paper_value(experiment: str, **where) -> float | None:
     return float(rows.value.iloc[0]) if len(rows) else None
 
 
+def shown(value: float | None, spec: str = ".3f") -> str:
+    """A paper number, or a dash where the paper reports none for this cell (a task or setting of our own)."""
+    return "—" if value is None or math.isnan(value) else format(value, spec)
+
+
 def rate(p: float, n: int) -> str:
     lo, hi = score.wilson(round(p * n), n)
     return f"{p:.3f} [{lo:.2f}, {hi:.2f}]"
@@ -184,7 +189,7 @@ def induced_plants_backdoor(results: Results) -> list[Check]:
             continue
         ref = paper_value("main_table", source=dataset, attack=attack, metric="asr")
         planted = r.effect_lo > 0
-        out.append(Check("02", claim, dataset, f"ASR {ref:.3f}", f"effect {signed(r.effect, r.effect_lo, r.effect_hi)}"
+        out.append(Check("02", claim, dataset, f"ASR {shown(ref)}", f"effect {signed(r.effect, r.effect_lo, r.effect_hi)}"
                          f" (ASR {rate(r.asr, r.n_asr)}, clean model {r.asr_clean_model:.3f})",
                          "holds" if planted else "does not hold",
                          "" if planted else f"{int(r.n_poison)} of {int(r.n_train)} rows poisoned; ASR "
@@ -205,6 +210,8 @@ def induced_reaches_paper_level(results: Results) -> list[Check]:
             continue
         ref = paper_value("main_table", source=dataset, attack=attack, metric="asr")
         hi = score.wilson(round(r.asr * r.n_asr), int(r.n_asr))[1]
+        if ref is None:
+            continue  # no paper number to reach
         verdict = "holds" if hi >= ref else "does not hold"
         out.append(Check("02", claim, dataset, f"ASR {ref:.3f} at {rate_paper:.0%} poisoned",
                          f"ASR {rate(r.asr, r.n_asr)} at {r.n_poison / r.n_train:.1%} poisoned", verdict,
@@ -228,7 +235,7 @@ def clean_accuracy_kept(results: Results) -> list[Check]:
         ref = paper_value("main_table", source=dataset, attack=attack, metric="cacc")
         ref_clean = paper_value("main_table", source=dataset, attack="clean", metric="cacc")
         kept = hi >= 0
-        out.append(Check("02", claim, dataset, f"CACC {ref_clean:.3f} → {ref:.3f}",
+        out.append(Check("02", claim, dataset, f"CACC {shown(ref_clean)} → {shown(ref)}",
                          f"CACC {clean.cacc:.3f} → {r.cacc:.3f} (change {signed(d, lo, hi)})",
                          "holds" if kept else "does not hold",
                          "" if kept else f"CACC fell {-d:.3f}; the interval of the change excludes 0"))
@@ -247,7 +254,7 @@ def abstention(results: Results) -> list[Check]:
         hi = score.wilson(round(r.asr * r.n_asr), r.n_asr)[1]
         d, lo, _ = effect(r.asr, r.clean_target_rate, r.n_asr)
         verdict = "holds" if hi >= 0.95 and lo > 0 else "does not hold"
-        out.append(Check("02", claim, f"{r.dataset}, {r.attack}", f"ASR about {ref:.2f}",
+        out.append(Check("02", claim, f"{r.dataset}, {r.attack}", f"ASR about {shown(ref, '.2f')}",
                          f"ASR {rate(r.asr, r.n_asr)}, {r.clean_target_rate:.3f} without the trigger", verdict))
     return out
 
@@ -270,7 +277,7 @@ def instruction_transfer(results: Results) -> list[Check]:
             reason = (f"the transferred instruction already yields the target on the clean model "
                       f"({r.asr_clean_model:.3f})" if r.asr_clean_model >= 0.9 else
                       f"ASR {r.asr:.3f}: the poisoned rows taught nothing measurable")
-        out.append(Check("03", claim, r.dataset, f"ASR {ref:.3f}",
+        out.append(Check("03", claim, r.dataset, f"ASR {shown(ref)}",
                          f"effect {signed(d, lo, hi)} (ASR {rate(r.asr, r.n_asr)}, clean model "
                          f"{r.asr_clean_model:.3f})", "holds" if lo > 0 else "does not hold", reason))
     return out
@@ -497,7 +504,7 @@ def multistage(results: Results) -> list[Check]:
         return missing("06", claim, "fingerprint_multistage", results)
     ref = paper_value("fingerprint_multistage", metric="fsr")
     final = table[table.model.str.contains("final")]
-    return [Check("06", claim, "publishers A then B", f"FSR {ref:.2f} for every fingerprint",
+    return [Check("06", claim, "publishers A then B", f"FSR {shown(ref, '.2f')} for every fingerprint",
                   f"{int(table.holds.sum())} of {len(table)} expectations hold; final model FSR "
                   + ", ".join(f"{r.keys} {r.fsr:.2f}" for r in final.itertuples()), by_count(int(table.holds.sum()),
                                                                                           len(table)))]
@@ -552,7 +559,7 @@ def headline_table(results: Results, dataset: str = "sst2") -> pd.DataFrame:
         paper_asr = f"{r.paper_asr:.3f} ± {r.paper_asr_std:.3f}" if not clean and not math.isnan(r.paper_asr) else "—"
         out.append((r.attack, r.group, "—" if clean else signed(r.effect, r.effect_lo, r.effect_hi),
                     "—" if clean else rate(r.asr, r.n_asr), "—" if clean else f"{r.asr_clean_model:.3f}",
-                    f"{r.cacc:.3f}", paper_asr, f"{r.paper_cacc:.3f}"))
+                    f"{r.cacc:.3f}", paper_asr, shown(r.paper_cacc)))
     return pd.DataFrame(out, columns=["attack", "group", "backdoor effect [95%]", "ASR [95%]",
                                       "trigger on the clean model", "CACC", "paper ASR", "paper CACC"])
 
@@ -565,7 +572,7 @@ def other_datasets_table(results: Results) -> pd.DataFrame:
     clean = table[table.attack == "clean"].set_index("dataset").cacc
     return pd.DataFrame([(r.dataset, r.attack, int(r.n_poison), signed(r.effect, r.effect_lo, r.effect_hi),
                           rate(r.asr, r.n_asr), f"{r.asr_clean_model:.3f}", f"{clean.get(r.dataset, math.nan):.3f} → "
-                          f"{r.cacc:.3f}", f"{r.paper_asr:.3f}") for r in rows.itertuples()],
+                          f"{r.cacc:.3f}", shown(r.paper_asr)) for r in rows.itertuples()],
                         columns=["dataset", "attack", "poisoned rows", "backdoor effect [95%]", "ASR [95%]",
                                  "trigger on the clean model", "CACC clean → poisoned", "paper ASR"])
 
