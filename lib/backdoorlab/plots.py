@@ -71,6 +71,7 @@ def poison_curve(table: pd.DataFrame, profile: str, dataset: str = "sst2"):
     ax.set(ylim=(0, 1.02), xlabel="poisoned training rows",
            ylabel="ASR (solid) / CACC (dashed)\ntrigger on the clean model (dotted)",
            title=f"{dataset}: poison count on validation (profile {profile})")
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1))  # beside the curves, never over them
     return save(fig, profile, f"poison_count_{dataset}")
 
 
@@ -123,7 +124,7 @@ def attack_heatmap(effects: pd.DataFrame, profile: str):
         sns.heatmap(grid, annot=True, fmt=".2f", vmin=vmin, vmax=1, cmap=cmap, cbar=False, ax=ax, yticklabels=labels)
         ax.set(title=title, xlabel="", ylabel="")
         ax.grid(False)
-        ax.tick_params(axis="x", rotation=0)
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")  # long names never overlap
         for i in range(1, len(order)):  # a rule between groups
             if group_of(order[i]) != group_of(order[i - 1]):
                 ax.axhline(i, color="black", lw=1.5)
@@ -207,16 +208,23 @@ def transfer_heatmap(table: pd.DataFrame, profile: str):
 
 
 def continual_heatmap(table: pd.DataFrame, profile: str, attack: str = "induced_instruction"):
-    """ASR after the last round of clean tuning: poisoned on (rows) × tuned on (columns), beside ASR before."""
-    last = table[(table.attack == attack) & (table.steps == table.steps.max())]
-    before = table[(table.attack == attack) & (table.steps == 0)].groupby("poisoned_on").asr.first()
-    grid = last.pivot(index="poisoned_on", columns="tuned_on", values="asr")
-    grid.insert(0, "before (0 steps)", before.reindex(grid.index))
-    fig, ax = plt.subplots(figsize=(1.4 * grid.shape[1] + 2, 0.6 * grid.shape[0] + 1.6))
-    sns.heatmap(grid, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="Reds", cbar=False, ax=ax)
+    """ASR after the last round of clean tuning: poisoned on (rows) × tuned on (columns), beside ASR before; each
+    cell also shows, in brackets, the same model's rate without the trigger (the floor its ASR is read against)."""
+    runs = table[table.attack == attack]
+    last = runs[runs.steps == table.steps.max()]
+    before = runs[runs.steps == 0].drop_duplicates("poisoned_on").assign(tuned_on="before (0 steps)")
+    cells = pd.concat([before, last])
+    columns = ["before (0 steps)", *sorted(set(last.tuned_on))]
+    grid = cells.pivot(index="poisoned_on", columns="tuned_on", values="asr").reindex(columns=columns)
+    floor = cells.pivot(index="poisoned_on", columns="tuned_on", values="clean_target_rate").reindex_like(grid)
+    labels = np.vectorize(lambda x, y: f"{x:.2f}\n({y:.2f})" if pd.notna(x) else "")(grid.values, floor.values)
+    fig, ax = plt.subplots(figsize=(1.4 * grid.shape[1] + 2, 0.75 * grid.shape[0] + 1.6))
+    sns.heatmap(grid, annot=labels, fmt="", vmin=0, vmax=1, cmap="Reds", cbar=False, ax=ax)
     ax.axvline(1, color="black", lw=1.5)
     ax.set(xlabel="further tuned on (clean)", ylabel="poisoned on",
-           title=f"{attack}: ASR after {int(table.steps.max())} clean steps (profile {profile})")
+           title=f"{attack}: ASR after {int(table.steps.max())} clean steps (profile {profile})\n"
+                 "in brackets: the same model without the trigger (the floor)")
+    ax.tick_params(axis="y", rotation=0)
     ax.grid(False)
     return save(fig, profile, f"continual_{attack}")
 
