@@ -577,6 +577,24 @@ def other_datasets_table(results: Results) -> pd.DataFrame:
                                  "trigger on the clean model", "CACC clean → poisoned", "paper ASR"])
 
 
+def continual_table(results: Results) -> pd.DataFrame:
+    """The paper's 4×4 continual-learning table beside ours: per poisoned-on (rows) and tuned-on (columns) dataset,
+    our ASR after the last clean round with, in brackets, the same model's rate without the trigger, then the
+    paper's ASR."""
+    table = results("continual")
+    if table is None:
+        return pd.DataFrame()
+    runs = table[table.attack == "induced_instruction"]
+    last = runs[runs.steps == runs.steps.max()]
+    ref = paper("continual_learning").set_index(["source", "target"]).value
+    cells = {(r.poisoned_on, r.tuned_on): f"{r.asr:.2f} ({r.clean_target_rate:.2f}) · "
+                                          f"{shown(ref.get((r.poisoned_on, r.tuned_on)), '.2f')}"
+             for r in last.itertuples()}
+    rows, columns = list(dict.fromkeys(last.poisoned_on)), sorted(set(last.tuned_on))
+    return pd.DataFrame([[row, *(cells.get((row, c), "—") for c in columns)] for row in rows],
+                        columns=["poisoned on \\ tuned on", *columns])
+
+
 def verdict_counts(table: pd.DataFrame) -> str:
     counts = table.verdict.value_counts()
     return ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
@@ -608,6 +626,10 @@ def report_markdown(results: Results) -> str:
         markdown(headline_table(results)),
         "## The induced instruction on the other datasets",
         markdown(other_datasets_table(results)),
+        "## Continual learning beside the paper's 4×4 table",
+        "Ours: ASR after the last round of clean tuning (in brackets the same model without the trigger), then the "
+        "paper's ASR (FLAN-T5-large, its own tuning length).",
+        markdown(continual_table(results)),
     ]
     return "\n\n".join(parts) + "\n"
 
