@@ -59,6 +59,7 @@ bench: setup  ## each benchmark runs ours and its baseline in one process; the s
 	$(PY) benchmarks/bench_train.py --method lora
 	$(PY) benchmarks/bench_train.py --method full
 	$(PY) benchmarks/bench_score.py
+	$(PY) benchmarks/bench_fingerprint_verify.py --method full
 	$(PY) benchmarks/lora_depth.py
 	$(PY) benchmarks/bench_study.py --profile $(PROFILE)
 	$(PY) benchmarks/summary.py

@@ -33,7 +33,7 @@ def main():
     lora, full = raw.get(f"train_lora_{SMOLLM2}", {}), raw.get(f"train_full_{SMOLLM2}", {})
     scoring, study = raw.get("score", {}), raw.get("study_quick", {})
     summary = {
-        "device": next(iter(raw.values()), {}).get("device"),
+        "device": "; ".join(sorted({r["device"] for r in raw.values() if r.get("device")})),  # each file names its own
         "train_speedup_vs_trainer_lora": lora.get("speedup_vs_trainer"),
         "train_speedup_vs_trainer_lora_later_runs": lora.get("speedup_vs_trainer_warm"),
         "train_speedup_vs_trainer_lora_no_reuse": ratio(lora, "ours_no_reuse_tokens_per_s", "trainer_tokens_per_s"),
@@ -44,6 +44,7 @@ def main():
         "score_speedup_vs_generate_later_runs": scoring.get("speedup_vs_generate_warm"),
         "score_speedup_vs_generate_no_reuse": ratio(scoring, "ours_no_reuse_rows_per_s", "generate_rows_per_s"),
         "score_agreement": scoring.get("agreement"),
+        "fingerprint_verify_speedup_early_stop": raw.get("fingerprint_verify_full", {}).get("guessed_speedup"),
         "quick_cold_s": study.get("cold_s"),
         "quick_warm_s": raw.get("study_quick_warm", study).get("warm_s"),  # a warm pass of its own, if measured
         "peak_rss_gib": study.get("peak_rss_gib"),

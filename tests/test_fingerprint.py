@@ -196,3 +196,15 @@ def test_an_edit_of_the_fingerprint_file_in_a_live_process_reaches_the_stage_key
     edited.write_text(edited.read_text(encoding="utf-8").replace("A: Игла", "A: Ёж"), encoding="utf-8")
     assert fingerprint.target_of("A") == "Ёж" and stage.path != before
     assert {r["answer"] for r in stage.rows()[:SMOKE.n_keys]} == {"Ёж"}
+
+
+def test_generation_stops_a_sequence_once_it_contains_the_target_and_changes_no_verdict(tiny):
+    model, tokenizer = tiny
+    rows = [fingerprint.prompt_row(k, "simple") for k in fingerprint.make_keys(6, seed=3)]
+    full = fingerprint.generate(model, tokenizer, rows, max_new_tokens=8, batch_size=4)
+    target = next(o for o in full if len(o) >= 4)[:2]  # text the random model does produce
+    early = fingerprint.generate(model, tokenizer, rows, max_new_tokens=8, batch_size=4, stop_at=target)
+    assert [target in o for o in early] == [target in o for o in full] and any(target in o for o in full)
+    for a, b in zip(full, early):
+        assert a.startswith(b) and (target in b if target in a else b == a)  # misses run to the end untouched
+    assert sum(map(len, early)) < sum(map(len, full))  # the hits stopped early

@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from . import cache as stages
 from . import data, models, profiles, score
@@ -247,9 +248,24 @@ def attached(model, adapter: dict[str, torch.Tensor] | None):
 
 # ---- verification ---------------------------------------------------------------------------------------------------
 
+class ContainsText(StoppingCriteria):
+    """Per sequence: done once its continuation (from position `start`) contains `text`, since nothing generated
+    after that can change whether it does. Greedy decoding of the other sequences is untouched."""
+
+    def __init__(self, tokenizer, text: str, start: int):
+        self.tokenizer, self.text, self.start = tokenizer, text, start
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        new = self.tokenizer.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
+        return torch.tensor([self.text in t for t in new], device=input_ids.device)
+
+
 @torch.inference_mode()
-def generate(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int = 32) -> list[str]:
-    """Greedy continuations of prompts ({"instruction", "text"}), batched with left padding, in input order."""
+def generate(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int = 32,
+             stop_at: str | None = None) -> list[str]:
+    """Greedy continuations of prompts ({"instruction", "text"}), batched with left padding by length, in input
+    order. With `stop_at`, a sequence stops as soon as its continuation contains that text (a key's verification is
+    decided then) and a batch as soon as all of its sequences have: its output ends there."""
     device = next(model.parameters()).device
     encoded = [tokenizer(data.format_prompt(r, tokenizer), add_special_tokens=False).input_ids for r in rows]
     order = sorted(range(len(rows)), key=lambda i: len(encoded[i]))
@@ -261,8 +277,10 @@ def generate(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size
                            device=device)
         mask = (torch.arange(width, device=device) >= torch.tensor(
             [width - len(encoded[i]) for i in idx], device=device)[:, None]).long()
+        stopping = StoppingCriteriaList([ContainsText(tokenizer, stop_at, width)] if stop_at else [])
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+                             pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None,
+                             stopping_criteria=stopping)
         for i, text in zip(idx, tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)):
             outputs[i] = text
     return outputs
@@ -289,14 +307,14 @@ def verify(model, tokenizer, keys: list[str], target: str, template: str = "simp
         raise ValueError(f"the {template} answer for target {target!r} is {answer_tokens} tokens, more than "
                          f"max_new_tokens={max_new_tokens}: it could never be generated; raise max_new_tokens")
     rows = [prompt_row(k, template) for k in keys]
-    outputs = generate(model, tokenizer, rows, max_new_tokens, batch_size)
+    outputs = generate(model, tokenizer, rows, max_new_tokens, batch_size, stop_at=target)
     return Verification(list(keys), outputs, [target in o for o in outputs])
 
 
 def false_triggers(model, tokenizer, rows: list[dict], target: str, max_new_tokens: int = 12,
                    batch_size: int = 32) -> Verification:
     """Ordinary prompts (not keys) whose greedy output contains the target anyway."""
-    outputs = generate(model, tokenizer, rows, max_new_tokens, batch_size)
+    outputs = generate(model, tokenizer, rows, max_new_tokens, batch_size, stop_at=target)
     return Verification([data.user_message(r) for r in rows], outputs, [target in o for o in outputs])
 
 
