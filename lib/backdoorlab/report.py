@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import data, score
+from . import data, models, score
 from .defenses import CACC_COST, judge
+from .fingerprint import SETTINGS
 from .poison import ATTACKS, group_of
 from .profiles import PROFILES, get_profile
 from .runs import results_dir
@@ -472,8 +473,6 @@ def fingerprint_harmless(results: Results) -> list[Check]:
     table = results("fingerprint_harmlessness")
     if table is None:
         return missing("06", claim, "fingerprint_harmlessness", results)
-    from .fingerprint import SETTINGS
-
     n = SETTINGS[results.profile].n_task_rows if results.profile in SETTINGS else None
     ref = paper("fingerprint_harmlessness").set_index(["source", "metric"]).value
     base = table[table.method == "untouched"].iloc[0]
@@ -514,8 +513,6 @@ def multistage(results: Results) -> list[Check]:
 
 def settings_table(results: Results) -> pd.DataFrame:
     """The settings behind the two columns: ours from the profile and the results, the paper's from its text."""
-    from . import models
-
     profile = get_profile(results.profile)
     attacks = results("attacks")
     sst2 = attacks[(attacks.dataset == "sst2") & (attacks.attack == "induced_instruction")] if attacks is not None \
