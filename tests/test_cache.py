@@ -202,3 +202,11 @@ def test_unpack_refuses_an_archive_that_is_not_what_its_manifest_says(tmp_path, 
     with pytest.raises(ValueError, match=message):
         cache.unpack(archive, student)
     assert _files(student) == {} and not (tmp_path / "outside.json").exists()
+
+
+def test_unpack_names_the_fix_for_a_missing_or_unreadable_archive(tmp_path):
+    (tmp_path / "notes.tar").write_text("not an archive")
+    for archive in (tmp_path / "missing.tar", tmp_path / "notes.tar"):
+        with pytest.raises(ValueError, match="not a readable tar archive.*backdoorlab.cache pack"):
+            cache.unpack(archive, tmp_path / "student")
+    assert not (tmp_path / "student").exists()

@@ -340,8 +340,14 @@ def unpack(archive: Path, root: Path | None = None) -> int:
     `PACKED_SUFFIXES`, or a file whose size or SHA-256 is not the manifest's. Entries the cache already holds are
     kept (the cache is keyed by content); new stage folders appear whole, by one rename each."""
     root = Path(root or runs_dir())
+    try:
+        tar = tarfile.open(archive)
+    except (OSError, tarfile.ReadError) as e:
+        why = " ".join(str(e).split())  # tarfile's reasons span lines
+        raise ValueError(f"refused {archive}: not a readable tar archive ({why}); make one with `python -m "
+                         "backdoorlab.cache pack`") from None
     root.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive) as tar:
+    with tar:
         try:
             manifest = json.load(tar.extractfile(MANIFEST))
         except KeyError:
