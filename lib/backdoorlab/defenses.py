@@ -662,14 +662,13 @@ def backdoor_check(run: RunConfig, n: int | None, batch_size: int = 32) -> dict:
     poisoned = runs.task_probe(run, run.dataset, "validation", n, run.attack, run.target, batch_size)
     clean = runs.task_probe(runs.clean_twin(run), run.dataset, "validation", n, run.attack, run.target, batch_size)
 
-    def interval(rate: float) -> tuple[float, float]:
-        return score.wilson(round(rate * poisoned["n_asr"]), poisoned["n_asr"])
-
-    floor = max(interval(clean["asr"])[1], interval(poisoned["clean_target_rate"])[1])
+    n_asr = poisoned["n_asr"]
+    backdoored = score.above(poisoned["asr"], clean["asr"], n_asr) and \
+        score.above(poisoned["asr"], poisoned["clean_target_rate"], n_asr)
     return {"dataset": run.dataset, "attack": run.attack, "dirty_label": run.dirty_label, "n_poison": run.n_poison,
             "seed": run.seed, "asr_validation": poisoned["asr"], "asr_clean_model_validation": clean["asr"],
             "clean_target_rate_validation": poisoned["clean_target_rate"], "n_asr": poisoned["n_asr"],
-            "backdoored": bool(interval(poisoned["asr"])[0] > floor)}
+            "backdoored": backdoored}
 
 
 def select_onion(profile: Profile, n: int | None = None, batch_size: int = 32) -> list[dict]:
@@ -750,12 +749,8 @@ def judge(table: pd.DataFrame, cacc_cost: float = CACC_COST) -> pd.DataFrame:
     """`table` (rows of `matrix`) with what each defense achieved: `asr_drop` (undefended - defended ASR),
     `significant_drop` (the two ASRs' 95% Wilson intervals do not overlap), `task_kept` (CACC at most `cacc_cost`
     below the undefended run's) and `lowered` (both: a defense that lowers ASR by breaking the task defends nothing)."""
-    def significant(r) -> bool:
-        return score.wilson(round(r.asr * r.n_asr), r.n_asr)[1] < score.wilson(round(r.asr_undefended * r.n_asr),
-                                                                                r.n_asr)[0]
-
     out = table.assign(asr_drop=table.asr_undefended - table.asr,
-                       significant_drop=[significant(r) for r in table.itertuples()],
+                       significant_drop=[score.above(r.asr_undefended, r.asr, r.n_asr) for r in table.itertuples()],
                        task_kept=table.cacc >= table.cacc_undefended - cacc_cost)
     return out.assign(lowered=out.significant_drop & out.task_kept)
 

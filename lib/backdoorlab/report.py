@@ -98,7 +98,7 @@ def shown(value: float | None, spec: str = ".3f") -> str:
 
 
 def rate(p: float, n: int) -> str:
-    lo, hi = score.wilson(round(p * n), n)
+    lo, hi = score.share_interval(p, n)
     return f"{p:.3f} [{lo:.2f}, {hi:.2f}]"
 
 
@@ -114,6 +114,14 @@ def signed(d: float, lo: float, hi: float) -> str:
 def by_count(k: int, n: int) -> str:
     """holds on every cell, on some, on none."""
     return "cannot be checked" if n == 0 else "holds" if k == n else "partly" if k else "does not hold"
+
+
+def mean_interval(intervals) -> tuple[float, float]:
+    """Mean of several (value, lo, hi) measurements and its 95% half-width, from their half-widths as independent
+    errors (each interval's half-width averaged over its two sides)."""
+    intervals = list(intervals)
+    mean = sum(v for v, _, _ in intervals) / len(intervals)
+    return mean, math.sqrt(sum(((hi - lo) / 2) ** 2 for _, lo, hi in intervals)) / len(intervals)
 
 
 def overlaps(lo: float, hi: float, low: float, high: float) -> bool:
@@ -156,10 +164,10 @@ def rewriting_beats_instance(results: Results) -> list[Check]:
         groups = {g: runs[runs.group == g] for g in ("rewriting", "instance")}
         if any(len(g) == 0 for g in groups.values()):
             continue
-        mean = {g: r.effect.mean() for g, r in groups.items()}
-        # each group mean's half-width from its runs' (independent) half-widths
-        half = {g: math.sqrt(((r.effect_hi - r.effect_lo) / 2).pow(2).sum()) / len(r) for g, r in groups.items()}
-        d, h = mean["rewriting"] - mean["instance"], math.hypot(half["rewriting"], half["instance"])
+        (mean_r, half_r), (mean_i, half_i) = (mean_interval(zip(r.effect, r.effect_lo, r.effect_hi))
+                                              for r in groups.values())
+        mean = {"rewriting": mean_r, "instance": mean_i}
+        d, h = mean_r - mean_i, math.hypot(half_r, half_i)
         asr = {g: r.asr.mean() for g, r in groups.items()}
         paper_asr = {g: ref[(ref.source == dataset) & (ref.metric == "asr")
                              & ref.attack.map(group_of).eq(g)].value.mean() for g in groups}
@@ -210,7 +218,7 @@ def induced_reaches_paper_level(results: Results) -> list[Check]:
         if attack != "induced_instruction":
             continue
         ref = paper_value("main_table", source=dataset, attack=attack, metric="asr")
-        hi = score.wilson(round(r.asr * r.n_asr), int(r.n_asr))[1]
+        hi = score.share_interval(r.asr, r.n_asr)[1]
         if ref is None:
             continue  # no paper number to reach
         verdict = "holds" if hi >= ref else "does not hold"
@@ -252,7 +260,7 @@ def abstention(results: Results) -> list[Check]:
     ref = paper_value("abstention", metric="asr")
     out = []
     for r in table.itertuples():
-        hi = score.wilson(round(r.asr * r.n_asr), r.n_asr)[1]
+        hi = score.share_interval(r.asr, r.n_asr)[1]
         d, lo, _ = effect(r.asr, r.clean_target_rate, r.n_asr)
         verdict = "holds" if hi >= 0.95 and lo > 0 else "does not hold"
         out.append(Check("02", claim, f"{r.dataset}, {r.attack}", f"ASR about {shown(ref, '.2f')}",
@@ -306,11 +314,6 @@ def poison_transfer(results: Results) -> list[Check]:
 
 # ---- notebook 04: continual learning -----------------------------------------------------------------------
 
-def _backdoored(asr: float, floor: float, n: int) -> bool:
-    """ASR's interval above the same model's rate without the trigger."""
-    return score.wilson(round(asr * n), n)[0] > score.wilson(round(floor * n), n)[1]
-
-
 @register
 def backdoor_survives_tuning(results: Results) -> list[Check]:
     claim = "an instruction backdoor survives clean finetuning on another dataset"
@@ -322,14 +325,14 @@ def backdoor_survives_tuning(results: Results) -> list[Check]:
     for (source, attack), rows in table[table.attack == "induced_instruction"].groupby(["poisoned_on", "attack"],
                                                                                       sort=False):
         before = rows[rows.steps == 0].iloc[0]
-        if not _backdoored(before.asr, before.clean_target_rate, before.n_asr):
+        if not score.above(before.asr, before.clean_target_rate, before.n_asr):
             out.append(Check("04", claim, source, "—", f"no backdoor before tuning (ASR {before.asr:.3f}, "
                              f"{before.clean_target_rate:.3f} without the trigger)", "cannot be checked",
                              "the run carries no backdoor to lose"))
             continue
         tuned = rows[rows.steps > 0].sort_values("steps").groupby("tuned_on").tail(1)
         tuned = tuned[tuned.tuned_on != source]  # the paper's off-diagonal cells: another task's data
-        kept = [_backdoored(r.asr, r.clean_target_rate, r.n_asr) for r in tuned.itertuples()]
+        kept = [score.above(r.asr, r.clean_target_rate, r.n_asr) for r in tuned.itertuples()]
         cells = ref[(ref.source == source) & (ref.target != source)].value
         out.append(Check("04", claim, source, f"ASR {cells.min():.3f} to {cells.max():.3f} after tuning",
                          f"backdoor kept after {int(tuned.steps.max())} steps on {sum(kept)} of {len(kept)} "
@@ -482,8 +485,7 @@ def fingerprint_harmless(results: Results) -> list[Check]:
         if (r.method, "delta_acc_min") not in ref.index or n is None:
             continue
         parts = [effect(getattr(r, f"acc_{t}"), base[f"acc_{t}"], n) for t in tasks]
-        mean = sum(p[0] for p in parts) / len(parts)
-        half = math.sqrt(sum(((hi - lo) / 2) ** 2 for _, lo, hi in parts)) / len(parts)
+        mean, half = mean_interval(parts)
         span = (ref[r.method, "delta_acc_min"], ref[r.method, "delta_acc_max"])
         meets = overlaps(mean - half, mean + half, *span)
         cell = r.method + (" (published, without its adapter)" if r.method == "adapter" else "")

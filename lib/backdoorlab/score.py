@@ -164,12 +164,22 @@ def wilson(hits: int, total: int, z: float = 1.96) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+def share_interval(p: float, n: int) -> tuple[float, float]:
+    """`wilson` of a share `p` measured on `n` rows (its hits recovered from the share)."""
+    return wilson(round(p * n), int(n))
+
+
+def above(high: float, low: float, n: int) -> bool:
+    """Whether share `high`'s 95% interval lies wholly above share `low`'s, both measured on `n` rows."""
+    return share_interval(high, n)[0] > share_interval(low, n)[1]
+
+
 def difference(p1: float, n1: int, p2: float, n2: int) -> tuple[float, float, float]:
     """p1 - p2 and its 95% interval, for two shares measured on n1 and n2 rows: Newcombe's hybrid score interval
     (1998, method 10), built from each share's Wilson interval. It treats the two as independent samples; when both
     were measured on the same rows (a trigger on the poisoned and on the clean model) it is the conservative side."""
-    lo1, hi1 = wilson(round(p1 * n1), n1)
-    lo2, hi2 = wilson(round(p2 * n2), n2)
+    lo1, hi1 = share_interval(p1, n1)
+    lo2, hi2 = share_interval(p2, n2)
     d = p1 - p2
     return d, d - math.sqrt((p1 - lo1) ** 2 + (hi2 - p2) ** 2), d + math.sqrt((hi1 - p1) ** 2 + (p2 - lo2) ** 2)
 
@@ -188,7 +198,7 @@ def summarize(table: pd.DataFrame, metrics: tuple[str, ...] = ("asr", "cacc")) -
                 lo, hi = mean - half, mean + half
             else:
                 total = int(g[f"n_{m}"].iloc[0])
-                lo, hi = wilson(round(mean * total), total)
+                lo, hi = share_interval(mean, total)
             row |= {m: mean, f"{m}_lo": lo, f"{m}_hi": hi}
         out.append(row)
     return pd.DataFrame(out)
