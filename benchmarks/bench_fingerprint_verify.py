@@ -11,18 +11,9 @@ real keys. `agreement` is the share of keys whose verdict (fired or not) is the 
 from __future__ import annotations
 
 import argparse
-import time
 
 from backdoorlab import cache, fingerprint
-from common import device_name, sync, write
-
-
-def timed(fn):
-    sync()
-    start = time.perf_counter()
-    out = fn()
-    sync()
-    return out, time.perf_counter() - start
+from common import device_name, timed, write
 
 
 def main():

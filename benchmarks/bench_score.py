@@ -11,12 +11,11 @@ same label. Ours is timed with cold frozen-layer states (a first run on these ro
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from backdoorlab import cache, data, frozen, profiles, runs, score
-from common import device, device_name, sync, write
+from common import device, device_name, timed, write
 
 
 @torch.inference_mode()
@@ -33,14 +32,6 @@ def generate_predictions(model, tokenizer, rows, verbalizers: list[str], batch_s
             answer = text.strip().lower()
             preds.append(next((j for j, v in enumerate(verbalizers) if answer.startswith(v.lower())), -1))
     return preds
-
-
-def timed(fn):
-    sync()
-    start = time.perf_counter()
-    out = fn()
-    sync()
-    return out, time.perf_counter() - start
 
 
 def main():

@@ -33,6 +33,15 @@ def sync():
         torch.cuda.synchronize()
 
 
+def timed(fn):
+    """(fn(), seconds it took), the device synchronised on both sides."""
+    sync()
+    start = time.perf_counter()
+    out = fn()
+    sync()
+    return out, time.perf_counter() - start
+
+
 def matmul_peak(repeats: int = 10) -> float:
     """Best FLOP/s of a square matrix product on this device, in the training precision (fp32 on the CPU,
     bf16 on a GPU): the denominator of MFU, measured rather than taken from a datasheet."""
