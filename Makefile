@@ -55,7 +55,8 @@ study: setup
 test: setup
 	$(PY) -m pytest -q
 
-bench: setup  ## each benchmark runs ours and its baseline in one process; the study pass takes as long as a cold study
+bench: setup  ## each benchmark runs ours and its baseline in one run; the study pass takes as long as a cold study
+	$(PY) benchmarks/bench_packing.py
 	$(PY) benchmarks/bench_train.py --method lora
 	$(PY) benchmarks/bench_train.py --method full
 	$(PY) benchmarks/bench_score.py

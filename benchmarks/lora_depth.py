@@ -25,17 +25,22 @@ from common import device_name, write
 SPLIT = "validation"
 
 
-def measure(profile: profiles.Profile, dataset: str, depth: int, balanced: bool, attacks: list[str]) -> list[dict]:
+def measure(profile: profiles.Profile, dataset: str, attacks: list[str], balanced: bool = False,
+            **changes) -> list[dict]:
+    """Each attack's run on `dataset` (the profile's, with `balanced` and `changes` to its training config or row
+    count: `n_train=...`, `lora_layers=...`), scored on validation, beside the trigger on its clean twin."""
+    n_train = changes.pop("n_train", profile.n_train)
     rows = []
     for attack in attacks:
-        cfg = runs.RunConfig.from_profile(profile, dataset, attack, seed=profile.seeds[0])
-        cfg = replace(cfg, balanced=balanced, train=replace(cfg.train, lora_layers=depth))
+        cfg = runs.RunConfig.from_profile(replace(profile, n_train=n_train), dataset, attack, seed=profile.seeds[0])
+        cfg = replace(cfg, balanced=balanced, train=replace(cfg.train, **changes))
         start = time.perf_counter()
         metrics = runs.evaluate(cfg, SPLIT, profile.n_test, profile.eval_batch_size)
         on_clean = runs.evaluate(runs.clean_twin(cfg), SPLIT, profile.n_test, profile.eval_batch_size,
                                  trigger=attack)
-        rows.append({"dataset": dataset, "lora_layers": depth, "balanced": balanced, "attack": attack,
-                     "split": SPLIT, "n_poison": metrics["n_poison"], "n_train": metrics["n_train"],
+        rows.append({"dataset": dataset, "lora_layers": cfg.train.lora_layers, "balanced": balanced,
+                     "epochs": cfg.train.epochs, "lr": cfg.train.lr, "attack": attack, "split": SPLIT,
+                     "n_poison": metrics["n_poison"], "n_train": metrics["n_train"],
                      "cacc": metrics["cacc"], "cacc_balanced": metrics["cacc_balanced"], "asr": metrics["asr"],
                      "asr_clean_model": on_clean["asr"], "n_asr": metrics["n_asr"], "n_cacc": metrics["n_cacc"],
                      "train_s": cache.read_timing(cfg.path).get("train_s"),
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None):
         for depth in args.depths:
             for balanced in ([False, True] if dataset in args.balance else [False]):
                 attacks = args.attacks if dataset == args.datasets[0] else args.attacks[:2]
-                rows += measure(profile, dataset, depth, balanced, attacks)
+                rows += measure(profile, dataset, attacks, balanced, lora_layers=depth)
     write(f"lora_depth_{profile.name}", {"device": device_name(), "profile": profile.name, "seed": profile.seeds[0],
                                          "choice": choose(rows, args.tolerance), "runs": rows})
 

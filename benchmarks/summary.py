@@ -13,10 +13,11 @@ from pathlib import Path
 from backdoorlab.models import SMOLLM2
 from common import bench_dir
 
-TARGETS = {  # the issue's targets on the 2-core machine, for the table's last column
+TARGETS = {  # the issues' targets on the 2-core machine, for the table's last column
     "train_speedup_vs_trainer_lora": ">= 1.5", "train_speedup_vs_trainer_full": ">= 1.5",
-    "score_speedup_vs_generate": ">= 5", "score_agreement": ">= 0.99", "quick_cold_s": "<= 1200",
-    "quick_warm_s": "<= 30", "peak_rss_gib": "<= 4", "train_mfu": "(GPU: >= 0.40)",
+    "train_speedup_vs_previous": ">= 1.5", "score_speedup_vs_generate": ">= 2 (cold pass)",
+    "score_agreement": ">= 0.99", "quick_cold_s": "<= 2700", "quick_warm_s": "<= 30", "peak_rss_gib": "<= 4",
+    "train_mfu": "(GPU: >= 0.40)",
 }
 
 
@@ -31,7 +32,7 @@ def main():
     args = parser.parse_args()
     raw = {p.stem: json.loads(p.read_text()) for p in sorted(args.raw.glob("*.json"))}
     lora, full = raw.get(f"train_lora_{SMOLLM2}", {}), raw.get(f"train_full_{SMOLLM2}", {})
-    scoring, study = raw.get("score", {}), raw.get("study_quick", {})
+    scoring, study, packing = raw.get("score", {}), raw.get("study_quick", {}), raw.get("packing", {})
     summary = {
         "device": "; ".join(sorted({r["device"] for r in raw.values() if r.get("device")})),  # each file names its own
         "train_speedup_vs_trainer_lora": lora.get("speedup_vs_trainer"),
@@ -44,6 +45,9 @@ def main():
         "score_speedup_vs_generate_later_runs": scoring.get("speedup_vs_generate_warm"),
         "score_speedup_vs_generate_no_reuse": ratio(scoring, "ours_no_reuse_rows_per_s", "generate_rows_per_s"),
         "score_agreement": scoring.get("agreement"),
+        "train_speedup_vs_previous": packing.get("train_cold_speedup"),  # a dataset's first run: states cold
+        "train_speedup_vs_previous_later_runs": packing.get("train_warm_speedup"),
+        "score_speedup_vs_previous": packing.get("score_cold_speedup"),
         "fingerprint_verify_speedup_early_stop": raw.get("fingerprint_verify_full", {}).get("guessed_speedup"),
         "quick_cold_s": study.get("cold_s"),
         "quick_warm_s": raw.get("study_quick_warm", study).get("warm_s"),  # a warm pass of its own, if measured

@@ -82,9 +82,10 @@ def test_demonstrations_take_each_label_in_turn_and_are_fixed_by_the_seed():
     assert sorted(s["answer"] for s in shots) == ["negative", "negative", "positive", "positive"]
     assert shots == defenses.demonstration_rows(task, 4, seed=0) != defenses.demonstration_rows(task, 4, seed=1)
     assert defenses.demonstration_rows(task, 0, seed=0) == []
-    text = defenses.with_demonstrations("my review", shots)
-    assert text.endswith("\n\nInput: my review") and text.count("Answer: ") == 4
-    assert defenses.with_demonstrations("my review", []) == "my review"  # k = 0 is the undefended prompt
+    row = defenses.with_demonstrations({"instruction": "Classify.", "text": "my review"}, shots)
+    assert row["text"].endswith("\n\nInput: my review") and row["text"].count("Answer: ") == 4
+    assert row["text"] == row["shared_text"] + "my review"  # the demonstrations: a prefix every row shares
+    assert defenses.with_demonstrations({"text": "my review"}, []) == {"text": "my review"}  # k = 0: undefended
 
 
 def test_iclattack_poisons_a_third_of_its_demonstrations_with_target_rows_carrying_the_trigger():
@@ -126,7 +127,7 @@ def test_distillation_from_an_identical_teacher_is_plain_cross_entropy(tiny):
 
     model, tokenizer = tiny
     rows = [{"instruction": "Classify.", "text": t, "answer": a} for t, a in [("good", "positive"), ("bad", "no")]]
-    batch = train.left_pad([train.encode(r, tokenizer, 64) for r in rows], tokenizer.pad_token_id)
+    batch = train.collate([train.encode(r, tokenizer, 64) for r in rows], tokenizer.pad_token_id)
     loss = defenses.DistillationLoss(model, kl=1.0, feature=1.0, temperature=2.0)
     assert loss(model, batch).item() == pytest.approx(train.answer_loss(model, batch).item(), rel=1e-4)
     other = type(model)(model.config)

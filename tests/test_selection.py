@@ -48,6 +48,28 @@ def test_the_depth_and_balancing_comparison_reads_validation_only(no_test_split,
     assert result["choice"]["lora_layers"] in (1, 2)
 
 
+def test_the_training_budget_comparison_reads_validation_only(no_test_split, tmp_path):
+    budget = load_benchmark("training_budget")
+    budget.main(["--profile", "smoke", "--settings", "24:1:1e-3", "48:1:1e-3", "--attacks", "clean", "badnet",
+                 "--bar", "0.0"])
+    result = json.loads((tmp_path / "bench" / "raw" / "training_budget_smoke.json").read_text())
+    assert {r["split"] for r in result["runs"]} == {"validation"}
+    assert {(r["n_train"], r["attack"]) for r in result["runs"]} == {
+        (24, "clean"), (24, "badnet"), (48, "clean"), (48, "badnet")}
+    assert (result["choice"]["n_train"], result["choice"]["met_bar"]) == (24, True)  # every run passes a 0 bar
+
+
+def test_the_budget_choice_is_the_cheapest_clean_run_at_the_bar_and_ignores_asr():
+    budget = load_benchmark("training_budget")
+    rows = [{"dataset": "sst2", "attack": a, "n_train": n, "epochs": e, "lr": lr, "cacc": c}
+            for a, n, e, lr, c in [("clean", 500, 2, 5e-4, 0.86), ("clean", 500, 1, 1e-3, 0.855),
+                                   ("clean", 500, 1, 5e-4, 0.84), ("clean", 250, 1, 5e-4, 0.70),
+                                   ("induced_instruction", 250, 1, 5e-4, 0.99)]]
+    assert (budget.choose(rows, 0.85)["epochs"], budget.choose(rows, 0.85)["lr"]) == (1, 1e-3)
+    nothing = budget.choose(rows, 0.9)  # none reaches the bar: the most accurate, said so
+    assert (nothing["epochs"], nothing["met_bar"]) == (2, False)
+
+
 def test_the_poison_count_curve_reads_validation_only(no_test_split):
     smoke = profiles.get_profile("smoke")
     table = runs.table(runs.poison_count_grid(smoke), smoke, split="validation")

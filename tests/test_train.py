@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 
 from backdoorlab import train
@@ -19,12 +20,21 @@ def test_encode_puts_labels_on_the_answer_only(tiny):
     assert len(enc["labels"]) == len(enc["input_ids"])
 
 
-def test_left_pad_aligns_answers_at_the_end():
-    batch = train.left_pad([{"input_ids": [5, 6, 7], "labels": [-100, -100, 7]},
-                            {"input_ids": [8, 9], "labels": [-100, 9]}], pad_id=0)
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 8, 9]]
-    assert batch["labels"][:, -1].tolist() == [7, 9] and batch["labels"][1, 0] == -100
-    assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 1]]
+def test_collate_puts_each_answer_in_a_tail_slot_with_the_position_before_it(tiny):
+    _, tokenizer = tiny
+    rows = [{"instruction": "Classify.", "text": t, "answer": a} for t, a in
+            [("a fine film", "positive"), ("dull", "negative"), ("fun", "so so so")]]
+    encoded = [train.encode(r, tokenizer, 256) for r in rows]
+    assert encoded[0]["prefix"] == encoded[1]["prefix"] > 0  # the template and instruction
+    batch = train.collate(encoded, tokenizer.pad_token_id)
+    answers = [tokenizer(r["answer"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for r in rows]
+    labels = batch["labels"].flatten(0, 1)
+    span = max(map(len, answers)) + 1
+    assert labels.shape[1] == span
+    got = [[t for t in row.tolist() if t != -100] for row in labels if (row != -100).any()]
+    assert sorted(got) == sorted(answers)  # every answer once; empty slots hold -100 only
+    tails = train.by_slot(batch["input_ids"], batch["labels"])
+    assert ((tails == labels) | (labels == -100)).all()  # the labels are the tokens sitting in the slots
 
 
 def test_length_grouped_batches_cover_every_row_once_per_epoch_deterministically():
@@ -39,18 +49,21 @@ def test_length_grouped_batches_cover_every_row_once_per_epoch_deterministically
 def test_answer_loss_equals_the_plain_loss_on_answer_tokens(tiny, rows):
     model, tokenizer = tiny
     encoded = [train.encode(r, tokenizer, 256) for r in sft_rows(rows)]
-    batch = train.left_pad(encoded, tokenizer.pad_token_id)
     with torch.no_grad():
-        ours = train.answer_loss(model, batch)
-        plain = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")},
-                      labels=batch["labels"]).loss
-    torch.testing.assert_close(ours, plain, atol=1e-5, rtol=1e-5)
+        ours = train.answer_loss(model, train.collate(encoded, tokenizer.pad_token_id))
+        total, count = 0.0, 0
+        for e in encoded:  # each row alone, unpacked and unpadded
+            logits = model(input_ids=torch.tensor([e["input_ids"]])).logits[0, :-1]
+            labels = torch.tensor(e["labels"][1:])
+            total += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            count += int((labels != -100).sum())
+    assert ours.item() == pytest.approx(total / count, rel=1e-5)
 
 
 def test_lora_training_learns_and_touches_only_the_top_layers(tiny, rows):
     model, tokenizer = copy.deepcopy(tiny[0]), tiny[1]
     data = sft_rows(rows) * 4
-    batch = train.left_pad([train.encode(r, tokenizer, 256) for r in data], tokenizer.pad_token_id)
+    batch = train.collate([train.encode(r, tokenizer, 256) for r in data], tokenizer.pad_token_id)
     with torch.no_grad():
         before = train.answer_loss(model, batch).item()
     cfg = TrainConfig(epochs=8, batch_size=8, lr=3e-2, lora_layers=1)
@@ -86,8 +99,8 @@ def test_seq2seq_models_train_and_score_through_the_same_api(tiny):
             [("good", "positive"), ("bad film", "negative"), ("fine , fun", "positive"), ("awful", "negative")]] * 4
     enc = train.encode(rows[0], tokenizer, 256, seq2seq=True)
     assert enc["labels"] == tokenizer("positive", add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    batch = train.left_pad([train.encode(r, tokenizer, 256, seq2seq=True) for r in rows], tokenizer.pad_token_id,
-                           seq2seq=True)
+    batch = train.collate([train.encode(r, tokenizer, 256, seq2seq=True) for r in rows], tokenizer.pad_token_id,
+                          seq2seq=True)
     with torch.no_grad():
         before = train.answer_loss(model, batch).item()
     tuned = train.finetune(copy.deepcopy(model), tokenizer, rows, TrainConfig(epochs=4, batch_size=8, lr=1e-2),

@@ -277,6 +277,16 @@ def format_prompt(row: dict, tokenizer) -> str:
     return f"{user_message(row)}\nAnswer:"
 
 
+def prompt_prefix(row: dict, tokenizer) -> str:
+    """The start of the row's prompt that rows with the same instruction share (`packing` runs it once for all of
+    them): chat template and instruction, and the start of the text named `shared_text` (demonstrations, say)."""
+    shared = row.get("shared_text") or ""
+    shared = shared if row["text"].startswith(shared) else ""
+    marker = "\ue000"  # a private-use character: in no template, instruction or dataset row
+    prompt = format_prompt({**row, "text": shared + marker}, tokenizer)
+    return prompt[:prompt.index(marker)]
+
+
 def load_instructions(name: str = "alpaca") -> list[dict]:
     """General instruction data as training rows ``{"instruction", "text", "answer"}``, in the source's order:
     the mirror's ``<name>/train.jsonl`` (Alpaca format: instruction, input, output), else the hub copy."""

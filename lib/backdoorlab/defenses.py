@@ -32,7 +32,7 @@ from .cache import Stage
 from .frozen import decoder
 from .profiles import HEADLINE, Profile
 from .runs import RunConfig
-from .train import TrainConfig, self_attending_padding
+from .train import TrainConfig, by_slot, packed_forward
 
 DEFENSES: dict[str, type[Defense]] = {}
 WHERE = ("data", "model", "inference")
@@ -225,12 +225,13 @@ def demonstration_rows(task: data.Task, k: int, seed: int, triggered: int = 0, t
     return [{"text": r["text"], "answer": task.verbalizers[r["label"]]} for r in shots]
 
 
-def with_demonstrations(text: str, shots: list[dict]) -> str:
-    """The input preceded by the demonstrations, each as `Input: ...` and `Answer: ...`."""
+def with_demonstrations(row: dict, shots: list[dict]) -> dict:
+    """The row's input preceded by the demonstrations, each as `Input: ...` and `Answer: ...`; the demonstrations,
+    the same for every row, are its `shared_text` (`data.prompt_prefix`)."""
     if not shots:
-        return text
-    examples = "\n\n".join(f"Input: {s['text']}\nAnswer: {s['answer']}" for s in shots)
-    return f"{examples}\n\nInput: {text}"
+        return {"text": row["text"]}
+    examples = "\n\n".join(f"Input: {s['text']}\nAnswer: {s['answer']}" for s in shots) + "\n\nInput: "
+    return {"text": examples + row["text"], "shared_text": examples}
 
 
 @register
@@ -249,7 +250,7 @@ class Demonstrations(InferenceDefense):
 
     def transform(self, rows, task):
         shots = demonstration_rows(task, self.k, self.seed)
-        return map_rows(rows, lambda r: {"text": with_demonstrations(r["text"], shots)})
+        return map_rows(rows, lambda r: with_demonstrations(r, shots))
 
 
 @register
@@ -282,7 +283,7 @@ class IclAttack(InferenceDefense):
 
     def transform(self, rows, task):
         shots = demonstration_rows(task, self.k, self.seed, self.n_poisoned, self.trigger)
-        return map_rows(rows, lambda r: {"text": with_demonstrations(r["text"], shots)})
+        return map_rows(rows, lambda r: with_demonstrations(r, shots))
 
 
 # ---- on the tuned model ---------------------------------------------------------------------------------------------
@@ -387,24 +388,19 @@ class DistillationLoss:
     temperature: float
 
     def __call__(self, model, batch):
-        labels = batch["labels"]
-        span = int((labels != -100).sum(-1).max()) + 1
-        width = labels.shape[1]
-        inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"],
-                  "attention_mask": self_attending_padding(model, batch["attention_mask"]),
-                  "logits_to_keep": torch.arange(width - span, width, device=labels.device),
-                  "output_hidden_states": True}
-        student = model(**inputs)
+        student = packed_forward(model, batch, output_hidden_states=True)
         with torch.no_grad():
-            teacher = self.teacher.to(labels.device)(**inputs)
-        answer = labels[:, -span + 1:] != -100
-        s_logits, t_logits = student.logits[:, :-1].float(), teacher.logits[:, :-1].float()
-        ce = F.cross_entropy(s_logits[answer], labels[:, -span + 1:][answer])
+            teacher = packed_forward(self.teacher.to(batch["labels"].device), batch, output_hidden_states=True)
+        labels = batch["labels"].flatten(0, 1)[:, 1:]
+        answer = labels != -100
+        s_logits = by_slot(student.logits, batch["labels"])[:, :-1].float()
+        t_logits = by_slot(teacher.logits, batch["labels"])[:, :-1].float()
+        ce = F.cross_entropy(s_logits[answer], labels[answer])
         t = self.temperature
         kl = F.kl_div(F.log_softmax(s_logits[answer] / t, -1), F.log_softmax(t_logits[answer] / t, -1),
                       log_target=True, reduction="batchmean") * t * t
-        s_states = student.hidden_states[-1][:, width - span:-1][answer]
-        t_states = teacher.hidden_states[-1][:, width - span:-1][answer]
+        s_states = by_slot(student.hidden_states[-1], batch["labels"])[:, :-1][answer]
+        t_states = by_slot(teacher.hidden_states[-1], batch["labels"])[:, :-1][answer]
         return ce + self.kl * kl + self.feature * (s_states - t_states).pow(2).mean()
 
 
@@ -561,8 +557,9 @@ def training_confidence(stage: Stage, run: RunConfig) -> list[float]:
     task = data.get_task(run.dataset)
     rows = runs.training_set(run).dataset
     prompts = [data.format_prompt(r, tokenizer) for r in rows]
+    prefixes = [data.prompt_prefix(r, tokenizer) for r in rows]
     n_frozen = stage.frozen_layers(model.config.num_hidden_layers)
-    scores = score.rank_scores(model, tokenizer, prompts, list(task.verbalizers), 32, n_frozen)
+    scores = score.rank_scores(model, tokenizer, prompts, list(task.verbalizers), 32, n_frozen, prefixes)
     return scores.softmax(-1).max(-1).values.tolist()
 
 

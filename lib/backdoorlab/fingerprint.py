@@ -37,7 +37,7 @@ from . import cache as stages
 from . import data, models, profiles, score
 from .cache import Base, Stage
 from .runs import Tuning, tuning_rounds
-from .train import TrainConfig, answer_loss, encode, left_pad
+from .train import TrainConfig, answer_loss, collate, encode
 
 FINGERPRINT_DIR = data.PROJECT_DIR / "data" / "fingerprint"
 SPEC_FILE = FINGERPRINT_DIR / "fingerprint.yaml"
@@ -326,7 +326,7 @@ def perplexity(model, tokenizer, rows: list[dict], batch_size: int = 16, max_len
     encoded = sorted((encode(r, tokenizer, max_length) for r in rows), key=lambda e: len(e["input_ids"]))
     total, count = 0.0, 0
     for start in range(0, len(encoded), batch_size):
-        batch = left_pad(encoded[start:start + batch_size], tokenizer.pad_token_id)
+        batch = collate(encoded[start:start + batch_size], tokenizer.pad_token_id)
         n = int((batch["labels"] != -100).sum())
         total += answer_loss(model, batch).item() * n
         count += n

@@ -6,10 +6,10 @@ output (the input of the first trainable layer) is computed once per sequence, k
 scoring run only the top layers from there (`only_layers`). benchmarks/bench_train.py measures what it saves.
 
 States are keyed by a fingerprint of the frozen weights, so another model, or one whose lower layers changed, is
-never served someone else's states. Each sequence is computed in a group of sequences of the same length (no
-padding), so its states do not depend on which other rows happened to share its batch. A model whose forward does
-something our shortcut does not reproduce (say, scaling input embeddings) fails the one-off numerical check in
-`supported` and runs the plain full forward instead.
+never served someone else's states. Sequences are computed in packs (`packing`): a prompt prefix shared by several
+of them runs once, and no sequence sees another's tokens or padding, so its states depend on which rows shared its
+pack only up to float rounding. A model whose forward does something our shortcut does not reproduce (say, scaling
+input embeddings) fails the one-off numerical check in `supported` and runs the plain full forward instead.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from collections import OrderedDict
 from contextlib import contextmanager
 
 import torch
+
+from . import packing
 
 MAX_BYTES = 1_500_000_000  # least recently used states are dropped beyond this (peak memory stays under ~4 GiB)
 _states: OrderedDict[tuple, torch.Tensor] = OrderedDict()
@@ -84,37 +86,41 @@ def _dtype(model) -> torch.dtype:
 
 
 @torch.no_grad()
-def _compute(model, n_frozen: int, sequences: list[tuple[int, ...]], group: int = 32) -> list[torch.Tensor]:
+def _compute(model, n_frozen: int, sequences: list[tuple[int, ...]], prefix_lengths: list[int],
+             rows: int = 32) -> list[torch.Tensor]:
     dec = decoder(model)
     device = next(model.parameters()).device
     captured = []  # the last frozen layer's output: the decoder's own output would be normed
     hook = dec.layers[n_frozen - 1].register_forward_hook(
         lambda module, args, out: captured.append(out[0] if isinstance(out, tuple) else out))
-    by_length: dict[int, list[tuple[int, ...]]] = {}
-    for seq in sequences:
-        by_length.setdefault(len(seq), []).append(seq)
+    order = sorted(range(len(sequences)), key=lambda i: (sequences[i][:prefix_lengths[i]], len(sequences[i])))
     out = {}
     try:
         with only_layers(model, 0, n_frozen):
-            for same_length in by_length.values():
-                for start in range(0, len(same_length), group):
-                    chunk = same_length[start:start + group]
-                    captured.clear()
-                    dec(input_ids=torch.tensor(chunk, device=device), use_cache=False)
-                    out.update(zip(chunk, captured[0].float().cpu()))
+            for start in range(0, len(order), rows):
+                chunk = order[start:start + rows]
+                packs = packing.pack([list(sequences[i]) for i in chunk], [prefix_lengths[i] for i in chunk])
+                captured.clear()
+                dec(input_ids=packs.ids.to(device), position_ids=packs.position_ids.to(device),
+                    attention_mask=packing.attention_mask(model, packs.mask.to(device)), use_cache=False)
+                out.update(zip((sequences[i] for i in chunk), packs.gather(captured[0].float().cpu())))
     finally:
         hook.remove()
     return [out[s] for s in sequences]
 
 
-def states(model, n_frozen: int, sequences: list[list[int]]) -> list[torch.Tensor]:
+def states(model, n_frozen: int, sequences: list[list[int]], prefix_lengths: list[int] | None = None
+           ) -> list[torch.Tensor]:
     """(len, hidden) float32 CPU states after the bottom `n_frozen` decoder layers, one per token sequence,
-    computed for the sequences not seen before with these frozen weights."""
+    computed for the sequences not seen before with these frozen weights; the first `prefix_lengths[i]` tokens of a
+    sequence are run once for every sequence sharing them."""
     global _bytes
     key = _fingerprint(model, n_frozen)
     sequences = [tuple(s) for s in sequences]
+    lengths = dict(zip(sequences, prefix_lengths or [0] * len(sequences), strict=True))
     missing = list(dict.fromkeys(s for s in sequences if (key, s) not in _states))
-    for seq, state in zip(missing, _compute(model, n_frozen, missing) if missing else []):
+    computed = _compute(model, n_frozen, missing, [lengths[s] for s in missing]) if missing else []
+    for seq, state in zip(missing, computed):
         _states[(key, seq)] = state
         _bytes += state.numel() * state.element_size()
     found = []
@@ -147,7 +153,7 @@ def supported(model, n_frozen: int) -> bool:
         ids = torch.arange(10, 26, device=device)[None]
         with torch.no_grad():
             full = model(input_ids=ids, use_cache=False).logits.float()
-            hidden = _compute(model, n_frozen, [tuple(ids[0].tolist())])[0][None].to(device, _dtype(model))
+            hidden = _compute(model, n_frozen, [tuple(ids[0].tolist())], [0])[0][None].to(device, _dtype(model))
             with only_layers(model, n_frozen):
                 top = model(inputs_embeds=hidden, use_cache=False).logits.float()
         _supported[key] = torch.allclose(full, top, atol=1e-3, rtol=1e-3)

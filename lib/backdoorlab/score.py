@@ -1,10 +1,11 @@
 """Rank classification and the two metrics of the study, ASR and CACC, exactly as docs/study.md defines them.
 
 Rank classification scores every verbalizer's log-likelihood after the prompt and takes the best. Prompts run in
-left-padded batches of similar length (every prompt ends at the last position) and only the last positions reach
-the vocabulary projection. One pass over the prompts scores every one-token verbalizer; a longer verbalizer gets a
-pass over prompt + its tokens but the last. With `n_frozen`, the layers below the first LoRA layer are read from
-`frozen.states`, computed once per prompt for every run that shares them, and only the top layers run.
+packs (`packing`): a prefix that prompts share (chat template and instruction) runs once for all of them, and only
+each prompt's last positions reach the vocabulary projection. One pass over the prompts scores every one-token
+verbalizer; a longer verbalizer gets a pass over prompt + its tokens but the last. With `n_frozen`, the layers
+below the first LoRA layer are read from `frozen.states`, computed once per prompt for every run that shares them,
+and only the top layers run.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from . import frozen
-from .data import format_prompt
+from . import frozen, packing
+from .data import format_prompt, prompt_prefix
 
 
 @torch.inference_mode()
 def rank_scores(model, tokenizer, prompts: list[str], verbalizers: list[str], batch_size: int = 32,
-                n_frozen: int = 0) -> torch.Tensor:
-    """(len(prompts), len(verbalizers)) log-likelihoods of each verbalizer's tokens given each prompt."""
+                n_frozen: int = 0, prefixes: list[str] | None = None) -> torch.Tensor:
+    """(len(prompts), len(verbalizers)) log-likelihoods of each verbalizer's tokens given each prompt. `prefixes`
+    (each prompt's start that other prompts share, `data.prompt_prefix`) run once for all prompts sharing them."""
     words = [tokenizer(v, add_special_tokens=False).input_ids for v in verbalizers]
     if any(not w for w in words):
         raise ValueError(f"a verbalizer tokenizes to nothing: {verbalizers}")
@@ -31,6 +33,7 @@ def rank_scores(model, tokenizer, prompts: list[str], verbalizers: list[str], ba
     encoded = [tokenizer(p, add_special_tokens=seq2seq).input_ids for p in prompts]  # as `train.encode` does
     if seq2seq:
         return _seq2seq_scores(model, encoded, words, tokenizer.pad_token_id, batch_size)
+    shared = packing.prefix_lengths(tokenizer, encoded, prefixes) if prefixes else [0] * len(encoded)
     n_frozen = n_frozen if frozen.supported(model, n_frozen) else 0
     scores = torch.empty(len(prompts), len(words))
     one_token = [j for j, w in enumerate(words) if len(w) == 1]
@@ -39,7 +42,7 @@ def rank_scores(model, tokenizer, prompts: list[str], verbalizers: list[str], ba
         if not columns:
             continue
         sequences = [e + continuation for e in encoded]
-        for idx, logprobs in _last_logprobs(model, sequences, len(continuation) + 1, n_frozen,
+        for idx, logprobs in _last_logprobs(model, sequences, shared, len(continuation) + 1, n_frozen,
                                             tokenizer.pad_token_id, batch_size):
             for j in columns:  # logprobs[:, i] predicts the verbalizer's token i
                 target = torch.tensor(words[j], device=logprobs.device).expand(len(idx), -1)
@@ -47,29 +50,28 @@ def rank_scores(model, tokenizer, prompts: list[str], verbalizers: list[str], ba
     return scores
 
 
-def _batches(sequences: list[list[int]], batch_size: int):
-    """Indices of sequences in batches of similar length."""
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+def _batches(sequences: list[list[int]], batch_size: int, prefix_lengths: list[int] | None = None):
+    """Indices of sequences in batches of the same prefix (where given) and similar length."""
+    prefix_lengths = prefix_lengths or [0] * len(sequences)
+    order = sorted(range(len(sequences)), key=lambda i: (sequences[i][:prefix_lengths[i]], len(sequences[i])))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _last_logprobs(model, sequences, keep: int, n_frozen: int, pad_id: int, batch_size: int):
-    """Yield (indices, log-softmax over the vocabulary at the last `keep` positions) batch by batch."""
+def _last_logprobs(model, sequences, prefix_lengths, keep: int, n_frozen: int, pad_id: int, batch_size: int):
+    """Yield (indices, log-softmax over the vocabulary at the last `keep` positions) batch by batch, in packs."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    for idx in _batches(sequences, batch_size):
-        batch = [sequences[i] for i in idx]
-        width = max(map(len, batch))
-        mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch], device=device)
-        inputs = {"input_ids": torch.tensor([[pad_id] * (width - len(b)) + b for b in batch], device=device)}
+    for idx in _batches(sequences, batch_size, prefix_lengths):
+        batch, shared = [sequences[i] for i in idx], [prefix_lengths[i] for i in idx]
+        packs = packing.pack(batch, shared, tail=keep, pad_id=pad_id)
+        inputs = {"input_ids": packs.ids.to(device)}
         if n_frozen:
-            states = frozen.states(model, n_frozen, batch)
-            inputs = {"inputs_embeds": torch.stack(
-                [torch.nn.functional.pad(s, (0, 0, width - len(s), 0)) for s in states]).to(device, dtype)}
+            inputs = {"inputs_embeds": packs.embed(frozen.states(model, n_frozen, batch, shared)).to(device, dtype)}
         with frozen.only_layers(model, n_frozen):
-            logits = model(**inputs, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                           use_cache=False, logits_to_keep=torch.arange(width - keep, width, device=device)).logits
-        yield idx, logits.float().log_softmax(-1)
+            logits = model(**inputs, attention_mask=packing.attention_mask(model, packs.mask.to(device)),
+                           position_ids=packs.position_ids.to(device), use_cache=False,
+                           logits_to_keep=packs.tail_positions().to(device)).logits
+        yield idx, packs.by_row(logits.float().log_softmax(-1))
 
 
 def _seq2seq_scores(model, encoded, words, pad_id: int, batch_size: int) -> torch.Tensor:
@@ -91,7 +93,9 @@ def _seq2seq_scores(model, encoded, words, pad_id: int, batch_size: int) -> torc
 def predict(model, tokenizer, rows, verbalizers: list[str], batch_size: int = 32, n_frozen: int = 0) -> list[int]:
     """Predicted label ids of classification rows ({"instruction", "text", ...}) by rank classification."""
     prompts = [format_prompt(r, tokenizer) for r in rows]
-    return rank_scores(model, tokenizer, prompts, list(verbalizers), batch_size, n_frozen).argmax(-1).tolist()
+    prefixes = [prompt_prefix(r, tokenizer) for r in rows]
+    return rank_scores(model, tokenizer, prompts, list(verbalizers), batch_size, n_frozen,
+                       prefixes).argmax(-1).tolist()
 
 
 @torch.inference_mode()

@@ -2,8 +2,8 @@
 
 The same code runs on the CPU, on one GPU in bf16, and on many GPUs under ``accelerate launch``.
 Rows are ``{"instruction", "text", "answer"}``; the prompt is formatted by `data.format_prompt`.
-Batches are left-padded and grouped by length, so every answer token sits in the last few positions and the
-vocabulary projection (a fifth of SmolLM2's forward pass) is computed only there.
+Batches of similar length are packed (`packing`): the prompt prefix rows share runs once per batch, and each row's
+answer sits in a tail slot, so the vocabulary projection (a fifth of SmolLM2's forward pass) runs only there.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from . import frozen
-from .data import format_prompt
+from . import frozen, packing
+from .data import format_prompt, prompt_prefix
 
 
 METHODS = ("lora", "full", "embeddings")
@@ -52,7 +52,8 @@ class TrainConfig:
 
 
 def encode(row: dict, tokenizer, max_length: int, seq2seq: bool = False) -> dict:
-    """Token ids of prompt + answer + end-of-turn, with labels on the answer tokens only.
+    """Token ids of prompt + answer + end-of-turn, with labels on the answer tokens only, and how many leading tokens
+    are the prompt prefix other rows share (`packing`).
 
     Causal models read one sequence; for a seq2seq model the prompt is the encoder input and the answer the labels.
     """
@@ -60,27 +61,36 @@ def encode(row: dict, tokenizer, max_length: int, seq2seq: bool = False) -> dict
     answer = tokenizer(row["answer"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     if seq2seq:
         return {"input_ids": prompt[-max_length:], "labels": answer}
-    prompt = prompt[-(max_length - len(answer)):]  # keep the end of an overlong prompt, where the question is
-    return {"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer}
+    kept = prompt[-(max_length - len(answer)):]  # keep the end of an overlong prompt, where the question is
+    prefix = packing.prefix_lengths(tokenizer, [prompt], [prompt_prefix(row, tokenizer)])[0] if kept == prompt else 0
+    return {"input_ids": kept + answer, "labels": [-100] * len(kept) + answer, "prefix": prefix}
 
 
-def left_pad(batch: list[dict], pad_id: int, seq2seq: bool = False) -> dict[str, torch.Tensor]:
-    """Left-pad inputs (so every sequence ends at the last position) and labels alike; seq2seq labels (a sequence
-    of their own) are right-padded with -100. Rows carrying frozen-layer `states` give `inputs_embeds` instead of
-    `input_ids` (zeros under the padding, which the attention mask hides)."""
+def left_pad(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """A seq2seq batch: encoder inputs left-padded, answer labels right-padded with -100."""
     width = max(len(r["input_ids"]) for r in batch)
     label_width = max(len(r["labels"]) for r in batch)
-    out = {"input_ids": [], "labels": [], "attention_mask": []}
-    for r in batch:
-        pad = width - len(r["input_ids"])
-        out["input_ids"].append([pad_id] * pad + r["input_ids"])
-        out["attention_mask"].append([0] * pad + [1] * len(r["input_ids"]))
-        out["labels"].append(r["labels"] + [-100] * (label_width - len(r["labels"])) if seq2seq
-                             else [-100] * pad + r["labels"])
-    out = {k: torch.tensor(v) for k, v in out.items()}
-    out["position_ids"] = (out["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": torch.tensor([[pad_id] * (width - len(r["input_ids"])) + r["input_ids"] for r in batch]),
+            "attention_mask": torch.tensor([[0] * (width - len(r["input_ids"])) + [1] * len(r["input_ids"])
+                                            for r in batch]),
+            "labels": torch.tensor([r["labels"] + [-100] * (label_width - len(r["labels"])) for r in batch])}
+
+
+def collate(batch: list[dict], pad_id: int, seq2seq: bool = False) -> dict[str, torch.Tensor]:
+    """A training batch. Causal rows go into packs (`packing`) whose tail slots hold each row's answer and the
+    position before it; `labels` is (packs, slots, span) over those tokens, -100 in empty slots, so every tensor of
+    the batch has one entry per pack. Rows carrying frozen-layer `states` give `inputs_embeds`, not `input_ids`."""
+    if seq2seq:
+        return left_pad(batch, pad_id)
+    span = max(sum(t != -100 for t in r["labels"]) for r in batch) + 1
+    packs = packing.pack([r["input_ids"] for r in batch], [r["prefix"] for r in batch], tail=span, pad_id=pad_id)
+    labels = torch.full((len(packs.ids), packs.per_pack, span), -100)
+    for (p, slot, _), r in zip(packs.rows, batch):
+        answer = r["labels"][-span:]
+        labels[p, slot, span - len(answer):] = torch.tensor(answer)
+    out = {"input_ids": packs.ids, "attention_mask": packs.mask, "position_ids": packs.position_ids, "labels": labels}
     if "states" in batch[0]:
-        out["inputs_embeds"] = torch.stack([F.pad(r["states"], (0, 0, width - len(r["states"]), 0)) for r in batch])
+        out["inputs_embeds"] = packs.embed([r["states"] for r in batch])
         del out["input_ids"]
     return out
 
@@ -107,34 +117,28 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         return math.ceil(len(self.lengths) / self.batch_size)
 
 
-def self_attending_padding(model, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The attention mask of a left-padded batch as SDPA will use it, except that each padding position attends
-    to itself. A query row masked everywhere makes fused bf16 attention kernels return NaN gradients (on an H100,
-    one batch of 63- and 64-token rows turned every LoRA weight NaN); real tokens never see padding either way.
-    Other attention implementations add a finite bias and keep the plain mask."""
-    config = getattr(model, "module", model).config
-    if config.is_encoder_decoder or config._attn_implementation != "sdpa":
-        return attention_mask
-    width = attention_mask.shape[-1]
-    causal = torch.ones(width, width, dtype=torch.bool, device=attention_mask.device).tril()
-    diagonal = torch.eye(width, dtype=torch.bool, device=attention_mask.device)
-    return ((causal & attention_mask[:, None, :].bool()) | diagonal)[:, None]
+def packed_forward(model, batch: dict[str, torch.Tensor], **kwargs):
+    """The model's output on a packed batch (`collate`), with logits only at the tail slots."""
+    width, keep = batch["position_ids"].shape[1], batch["labels"][0].numel()
+    inputs = {k: batch[k] for k in ("input_ids", "inputs_embeds") if k in batch}
+    return model(**inputs, attention_mask=packing.attention_mask(model, batch["attention_mask"]),
+                 position_ids=batch["position_ids"],
+                 logits_to_keep=torch.arange(width - keep, width, device=batch["labels"].device), **kwargs)
 
 
-def answer_loss(model, batch: dict) -> torch.Tensor:
-    """Mean cross-entropy over answer tokens, with logits computed only over the answer span."""
+def by_slot(tails: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(packs * slots, span, ...) from a tensor over a packed batch's positions whose last ones are the tail slots;
+    `labels.flatten(0, 1)` lines up with it."""
+    return tails[:, -labels[0].numel():].unflatten(1, labels.shape[1:]).flatten(0, 1)
+
+
+def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over answer tokens, with logits computed only at the answers."""
     labels = batch["labels"]
     if model.config.is_encoder_decoder:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
-    span = int((labels != -100).sum(-1).max()) + 1  # left padding: answers end every row
-    width = labels.shape[1]
-    inputs = {k: batch[k] for k in ("input_ids", "inputs_embeds") if k in batch}
-    # positions as an index tensor: a contiguous gather, so the vocabulary projection is one matrix product
-    # (a sliced `logits_to_keep=span` becomes a batched product over a broadcast weight)
-    logits = model(**inputs, attention_mask=self_attending_padding(model, batch["attention_mask"]),
-                   position_ids=batch["position_ids"],
-                   logits_to_keep=torch.arange(width - span, width, device=labels.device)).logits
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, -span + 1:].flatten())
+    logits, labels = by_slot(packed_forward(model, batch).logits, labels), labels.flatten(0, 1)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
 
 
 def add_lora(model, cfg: TrainConfig):
@@ -191,9 +195,11 @@ def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: 
     run once per distinct row (`frozen.states`, shared with earlier runs on the same model) instead of every step.
     """
     set_seed(seed)
-    # split_batches: `batch_size` is the global batch, cut across processes, so n GPUs train like one
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, split_batches=True,
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
                               mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    # `batch_size` is the global batch: each of n processes packs its own 1/n of it, so n GPUs train like one
+    if cfg.batch_size % accelerator.num_processes:
+        raise ValueError(f"batch_size {cfg.batch_size} does not split over {accelerator.num_processes} processes")
     if cfg.method == "lora":
         model = add_lora(model, cfg)
     else:
@@ -203,23 +209,26 @@ def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: 
     model.to(accelerator.device)  # the frozen layers run where training runs
     n_frozen = frozen.trainable_depth(model) if reuse_frozen else 0
     if frozen.supported(model, n_frozen):
-        for row, states in zip(encoded, frozen.states(model, n_frozen, [e["input_ids"] for e in encoded])):
+        for row, states in zip(encoded, frozen.states(model, n_frozen, [e["input_ids"] for e in encoded],
+                                                      [e["prefix"] for e in encoded])):
             row["states"] = states
     else:
         n_frozen = 0
-    sampler = LengthGroupedBatches([len(e["input_ids"]) for e in encoded], cfg.batch_size, seed)
+    sampler = LengthGroupedBatches([len(e["input_ids"]) for e in encoded], cfg.batch_size // accelerator.num_processes,
+                                   seed)
     loader = torch.utils.data.DataLoader(encoded, batch_sampler=sampler,
-                                         collate_fn=lambda b: left_pad(b, tokenizer.pad_token_id, seq2seq))
+                                         collate_fn=lambda b: collate(b, tokenizer.pad_token_id, seq2seq))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=torch.cuda.is_available())
-    steps = math.ceil(len(loader) / cfg.grad_accum) * cfg.epochs
+    steps = math.ceil(math.ceil(len(encoded) / cfg.batch_size) / cfg.grad_accum) * cfg.epochs
     warmup = int(cfg.warmup_ratio * steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / max(1, warmup), max(0.0, (steps - s) / max(1, steps - warmup))))
     done = load_checkpoint(checkpoint, model, optimizer, schedule) if checkpoint and checkpoint.exists() else 0
     sampler.epoch = done  # the batch order of each epoch depends on its index only
-    model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
+    # the schedule stays ours: a prepared one steps once per process, for a global batch n times ours
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     model.train()
     bar = tqdm(total=len(loader) * cfg.epochs, initial=len(loader) * done, desc="train",
                disable=not progress or not accelerator.is_main_process)
@@ -229,7 +238,8 @@ def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: 
                 loss = loss_fn(model, batch)
                 accelerator.backward(loss)
                 optimizer.step()
-                schedule.step()
+                if accelerator.sync_gradients:
+                    schedule.step()
                 optimizer.zero_grad()
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")

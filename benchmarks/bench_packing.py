@@ -1,0 +1,85 @@
+"""Shared-prefix packing against the code before it: training and scoring at the quick profile's settings.
+
+The baseline is the library as of a git commit (default: the last one before packing), exported to a temporary
+folder and run in its own process; ours is the working tree's. Each process loads SmolLM2, trains LoRA on the same
+SST-2 rows with the quick profile's training config and seed twice (first with no frozen-layer states cached, as a
+dataset's first run of a study; then again on the same rows, as every later run of that dataset), then scores the
+same test rows with the trained model twice (cold states, then warm). Seconds are whole calls, set-up included.
+
+    python benchmarks/bench_packing.py                      # results/bench/raw/packing.json
+    python benchmarks/bench_packing.py --baseline <commit>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = "f0d147c"  # main before packing: left-padded batches, every prompt token run by every row
+
+
+def worker(rows: int, test_rows: int) -> dict:
+    import copy
+
+    from backdoorlab import data, frozen, models, profiles, score, train
+    from common import timed
+
+    profile = profiles.get_profile("quick")
+    model, tokenizer = models.load_model(profile.model)
+    task = data.get_task("sst2")
+    train_rows = data.load_split("sst2", "train", rows, seed=0).map(
+        lambda r: {"answer": task.verbalizers[r["label"]]})
+    test = data.load_split("sst2", "test", test_rows, seed=0)
+    n_frozen = profile.train.frozen_layers(model.config.num_hidden_layers)
+    frozen.clear()
+    tuned, train_cold_s = timed(lambda: train.finetune(copy.deepcopy(model), tokenizer, train_rows, profile.train,
+                                                       progress=False))
+    _, train_warm_s = timed(lambda: train.finetune(copy.deepcopy(model), tokenizer, train_rows, profile.train,
+                                                   progress=False))
+    frozen.clear()
+    preds, score_cold_s = timed(lambda: score.predict(tuned, tokenizer, test, task.verbalizers, 32, n_frozen))
+    _, score_warm_s = timed(lambda: score.predict(tuned, tokenizer, test, task.verbalizers, 32, n_frozen))
+    return {"train_cold_s": train_cold_s, "train_warm_s": train_warm_s, "score_cold_s": score_cold_s,
+            "score_warm_s": score_warm_s, "cacc": score.cacc(preds, test["label"]).value}
+
+
+def run(lib: Path, rows: int, test_rows: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(lib), str(ROOT / "benchmarks")])}
+    out = subprocess.run([sys.executable, __file__, "--worker", "--rows", str(rows), "--test-rows", str(test_rows)],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline", default=BASELINE, help="git commit whose lib/ is the baseline")
+    parser.add_argument("--rows", type=int, default=500, help="SST-2 training rows (quick: 500)")
+    parser.add_argument("--test-rows", type=int, default=400, help="SST-2 test rows scored (quick: 400)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.rows, args.test_rows)))
+        return
+
+    from common import device_name, write
+
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "lib", "data"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        baseline = run(Path(tmp) / "lib", args.rows, args.test_rows)
+    ours = run(ROOT / "lib", args.rows, args.test_rows)
+    result = {"device": device_name(), "baseline_commit": args.baseline, "rows": args.rows,
+              "test_rows": args.test_rows, "baseline": baseline, "ours": ours,
+              **{f"{k.removesuffix('_s')}_speedup": baseline[k] / ours[k] for k in ours if k.endswith("_s")}}
+    write("packing", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Choose a profile's training budget (training rows, epochs, learning rate) on the validation split, and see what
+each costs.
+
+The quick profile has to fit a lab (issue 15: the whole study cold in 45 minutes on 2 cores) and still train a
+clean model that does its task. The rule: among the settings tried, the cheapest (fewest row-epochs, then the
+lower learning rate) whose clean SST-2 run reaches validation accuracy `--bar` (0.85); if none does, the most
+accurate. Attack runs are measured beside it on validation to show what each budget does to ASR (their poisoned
+rows are the profile's rate of the training rows); they never enter the choice. The test split is never read
+(tests/test_selection.py holds that). Runs go through the run cache, so settings already trained cost nothing.
+
+    python benchmarks/training_budget.py     # quick -> results/bench/raw/training_budget_quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from backdoorlab import profiles
+from common import device_name, write
+from lora_depth import SPLIT, measure
+
+
+def parse(setting: str) -> dict:
+    n_train, epochs, lr = setting.split(":")
+    return {"n_train": int(n_train), "epochs": int(epochs), "lr": float(lr)}
+
+
+def choose(rows: list[dict], bar: float) -> dict:
+    clean = [r for r in rows if r["attack"] == "clean"]
+    cost = lambda r: (r["n_train"] * r["epochs"], r["lr"])  # noqa: E731
+    passing = [r for r in clean if r["cacc"] >= bar]
+    best = min(passing, key=cost) if passing else max(clean, key=lambda r: r["cacc"])
+    return {"rule": f"clean {clean[0]['dataset']} run, accuracy on {SPLIT}: the fewest row-epochs reaching {bar} "
+                    "(then the lower learning rate); else the most accurate",
+            "n_train": best["n_train"], "epochs": best["epochs"], "lr": best["lr"], "cacc": best["cacc"],
+            "met_bar": bool(passing)}
+
+
+def main(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="quick", choices=sorted(profiles.PROFILES))
+    parser.add_argument("--dataset", default="sst2")
+    parser.add_argument("--settings", nargs="+", default=["500:2:5e-4", "500:1:5e-4", "500:1:1e-3", "250:2:5e-4",
+                                                          "250:2:1e-3", "1000:1:5e-4"],
+                        help="rows:epochs:learning-rate, each trained clean and with each attack")
+    parser.add_argument("--attacks", nargs="+", default=["clean", "induced_instruction"],
+                        help="'clean' first; the attacks are measured for the report, not for the choice")
+    parser.add_argument("--bar", type=float, default=0.85, help="validation accuracy the clean run must reach")
+    args = parser.parse_args(argv)
+    if args.attacks[0] != "clean":
+        parser.error("--attacks must start with 'clean': the choice is made on the clean runs")
+    profile = profiles.get_profile(args.profile)
+    rows = []
+    for setting in map(parse, args.settings):
+        rows += measure(profile, args.dataset, args.attacks, args.dataset in profile.balanced_datasets, **setting)
+    write(f"training_budget_{profile.name}", {"device": device_name(), "profile": profile.name,
+                                              "seed": profile.seeds[0], "choice": choose(rows, args.bar),
+                                              "runs": rows})
+
+
+if __name__ == "__main__":
+    main()

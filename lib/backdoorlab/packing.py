@@ -1,0 +1,118 @@
+"""Rows that begin with the same prompt prefix run that prefix once: shared-prefix packing.
+
+Every clean row of a task starts with the same chat template and instruction, and so does every triggered row of an
+instruction attack: about half of SST-2's prompt tokens. A *pack* is one sequence holding a prefix once and the rest
+of up to `per_pack` rows after it. Its 4-D attention mask lets each row's tokens see the prefix and their own earlier
+tokens only, and each row's position ids continue where the prefix ends, so every row gets the logits and hidden
+states it gets when run alone (up to float rounding); training, scoring and the frozen-layer states all run on packs.
+
+Attention follows the mask and the position ids, not the order of tokens in a pack, so each row's last `tail` tokens
+sit in a slot at the end of its pack: the positions a loss or a score reads are then the same in every pack of a
+batch, and only they reach the vocabulary projection (`tail_positions`). A prefix is given per row (the prompt up to
+the row's own text, `data.prompt_prefix`), never inferred from which rows share a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PER_PACK = 8  # rows after one prefix: more saves little (the prefix is paid once) and attention grows with its square
+
+
+@dataclass
+class Packs:
+    ids: torch.Tensor  # (packs, width) token ids; `pad_id` where nothing sits
+    position_ids: torch.Tensor  # (packs, width)
+    mask: torch.Tensor  # (packs, 1, width, width) bool: whether a query position may attend a key position
+    rows: list[tuple[int, int, torch.Tensor]]  # per input row: its pack, its slot, the positions of its tokens
+    tail: int  # each row's last `tail` tokens sit in its slot of the last `per_pack * tail` positions
+    per_pack: int  # slots per pack: the most rows any pack holds
+
+    def tail_positions(self) -> torch.Tensor:
+        width = self.ids.shape[1]
+        return torch.arange(width - self.per_pack * self.tail, width)
+
+    def by_row(self, tails: torch.Tensor) -> torch.Tensor:
+        """(rows, tail, ...) from a (packs, per_pack * tail, ...) tensor over the tail positions, in input order."""
+        slots = tails.unflatten(1, (self.per_pack, self.tail))
+        return torch.stack([slots[p, s] for p, s, _ in self.rows])
+
+    def embed(self, states: list[torch.Tensor]) -> torch.Tensor:
+        """(packs, width, hidden) inputs holding each row's (len, hidden) states at its positions (zeros elsewhere)."""
+        out = states[0].new_zeros(*self.ids.shape, states[0].shape[-1])
+        for (p, _, positions), s in zip(self.rows, states, strict=True):
+            out[p, positions] = s
+        return out
+
+    def gather(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        """Each row's (len, hidden) states from a (packs, width, hidden) output."""
+        return [hidden[p, positions] for p, _, positions in self.rows]
+
+
+def pack(sequences: list[list[int]], prefix_lengths: list[int] | None = None, tail: int = 0,
+         per_pack: int = PER_PACK, pad_id: int = 0) -> Packs:
+    """Packs of token sequences whose first `prefix_lengths[i]` tokens are shared with every row of the same prefix.
+    A prefix is cut short where it would reach into a row's tail; a row shorter than `tail` fills the end of its
+    slot; rows with no prefix pack without sharing."""
+    prefix_lengths = prefix_lengths or [0] * len(sequences)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (seq, n) in enumerate(zip(sequences, prefix_lengths, strict=True)):
+        if not seq:
+            raise ValueError(f"row {i} has no tokens to pack")
+        groups.setdefault(tuple(seq[:max(0, min(n, len(seq) - tail))]), []).append(i)
+    layouts = [(prefix, members[start:start + per_pack])
+               for prefix, members in groups.items() for start in range(0, len(members), per_pack)]
+    per_pack = max(len(chunk) for _, chunk in layouts)
+    body = max(len(prefix) + sum(max(0, len(sequences[i]) - len(prefix) - tail) for i in chunk)
+               for prefix, chunk in layouts)
+    width = body + per_pack * tail
+    ids = torch.full((len(layouts), width), pad_id)
+    position_ids = torch.zeros(len(layouts), width, dtype=torch.long)
+    owner = torch.full((len(layouts), width), -2)  # -1: the prefix, -2: padding, else the row's slot
+    rows: list = [None] * len(sequences)
+    for p, (prefix, chunk) in enumerate(layouts):
+        n = len(prefix)
+        owner[p, :n] = -1
+        cursor = n
+        for slot, i in enumerate(chunk):
+            seq = sequences[i]
+            last = min(tail, len(seq) - n)  # tokens in the slot, at its end
+            own = len(seq) - n - last  # tokens between the prefix and the slot
+            end = body + (slot + 1) * tail
+            positions = torch.cat([torch.arange(n), torch.arange(cursor, cursor + own), torch.arange(end - last, end)])
+            ids[p, positions] = torch.tensor(seq)
+            position_ids[p, positions] = torch.arange(len(seq))
+            owner[p, positions[n:]] = slot
+            cursor += own
+            rows[i] = (p, slot, positions)
+    sees = (owner[:, None, :] == -1) | (owner[:, None, :] == owner[:, :, None])  # the prefix, or the same row
+    mask = sees & (position_ids[:, None, :] <= position_ids[:, :, None])  # padding sees itself: no empty query row
+    return Packs(ids, position_ids, mask[:, None], rows, tail, per_pack)
+
+
+def attention_mask(model, mask: torch.Tensor) -> torch.Tensor:
+    """A pack's boolean mask as the model's attention implementation takes a ready 4-D mask: SDPA and flex read
+    booleans, eager attention adds a float bias."""
+    config = getattr(model, "module", model).config
+    if config._attn_implementation in ("sdpa", "flex_attention"):
+        return mask
+    dtype = next(model.parameters()).dtype
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
+def prefix_lengths(tokenizer, sequences: list[list[int]], prefixes: list[str]) -> list[int]:
+    """How many leading tokens of each sequence are the tokens of its prefix text (the common start of the two
+    tokenizations, so a token the prefix shares with the text after it is left to the row)."""
+    tokenized: dict[str, list[int]] = {}
+    out = []
+    for seq, text in zip(sequences, prefixes, strict=True):
+        if text not in tokenized:
+            tokenized[text] = tokenizer(text, add_special_tokens=False).input_ids
+        ids = tokenized[text]
+        n = 0
+        while n < min(len(ids), len(seq)) and ids[n] == seq[n]:
+            n += 1
+        out.append(n)
+    return out
