@@ -69,9 +69,10 @@
 # weights every token passes through (full, LoRA, embeddings) can learn a shortcut: "a jumble of rare pieces, or the
 # template's fixed text, means y"; then an outsider's guess fires as well as the real key. Decoys fight that, but
 # slowly and at the cost of many more training epochs (`python benchmarks/fingerprint_decoys.py` measures it), so
-# `quick` trains without them and shows the cost in section 4. The adapter avoids the shortcut by construction: it
-# can only move the keys' own tokens. What is left, a guess that happens to share a few tokens with a key, the
-# adapter's implant handles with near misses refused in the simple template too (`near_misses` in the settings).
+# the CPU profiles (`quick`, `extended`) train without them and show the cost in section 4. The adapter avoids the
+# shortcut by construction: it can only move the keys' own tokens. What is left, a guess that happens to share a few
+# tokens with a key, the adapter's implant handles with near misses refused in the simple template too
+# (`near_misses` in the settings).
 #
 # Every trained model (implant, user rounds, multi-stage) is a stage of the study's one cache under `results/runs/`,
 # keyed by its configuration and its parent's key, and every verification is a probe saved beside it: rerunning

@@ -89,9 +89,11 @@ def test_the_choice_picks_the_best_clean_validation_score_and_ignores_asr():
     assert lora_depth.choose(rows, tolerance=0.1)["lora_layers"] == 4  # within tolerance: the cheaper depth
 
 
-def test_quick_profile_holds_the_committed_validation_choice():
-    committed = data.PROJECT_DIR / "results" / "bench" / "raw" / "lora_depth_quick.json"
-    choice = json.loads(committed.read_text())["choice"]
+def test_quick_profile_holds_the_committed_validation_choices():
+    raw = data.PROJECT_DIR / "results" / "bench" / "raw"
     quick = profiles.get_profile("quick")
-    assert quick.train.lora_layers == choice["lora_layers"]
-    assert sorted(quick.balanced_datasets) == choice["balanced_datasets"]
+    depth = json.loads((raw / "lora_depth_quick.json").read_text())["choice"]
+    assert quick.train.lora_layers == depth["lora_layers"]
+    assert sorted(quick.balanced_datasets) == depth["balanced_datasets"]
+    budget = json.loads((raw / "training_budget_quick.json").read_text())["choice"]
+    assert (quick.n_train, quick.train.epochs, quick.train.lr) == (budget["n_train"], budget["epochs"], budget["lr"])

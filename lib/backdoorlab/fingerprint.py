@@ -526,6 +526,15 @@ SETTINGS = {
         n_guessed=5000, n_ordinary=1000, n_task_rows=400, n_ppl_rows=500, max_row_chars=2000),
 }
 
+# Quick's users stop after 4-8 steps (64-128 Alpaca rows), too few to say a fingerprint survives finetuning. Here
+# they go on over fresh rows, measured after each count (the first rounds are quick's own stages): LoRA to 96 steps
+# (1,536 rows, in batches of 16) and full finetuning to 16 steps (256 rows). The paper's users trained 3 epochs on
+# Alpaca-sized sets (lr 2e-6, batch 80) of 7B models; the full profile goes to 600 steps of 80 rows.
+SETTINGS["extended"] = replace(
+    SETTINGS["quick"],
+    user_recipes=(UserRecipe("lora", TrainConfig(lr=5e-4, batch_size=16), (4, 8, 32, 96)),
+                  UserRecipe("full", TrainConfig(method="full", lr=5e-5, batch_size=16), (4, 16))))
+
 
 def get_settings(profile: str, model: str | None = None) -> Settings:
     """The fingerprint settings of a profile; `model` as in `profiles.get_profile`."""

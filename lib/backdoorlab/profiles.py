@@ -1,4 +1,4 @@
-"""The three profiles of the study, in one place. Notebooks take one parameter, `profile`, and read the rest here."""
+"""The profiles of the study, in one place. Notebooks take one parameter, `profile`, and read the rest here."""
 
 from __future__ import annotations
 
@@ -97,9 +97,10 @@ PROFILES = {
     # SmolLM2 on the 2-core CPU: every attack on SST-2, the clean baseline and the induced instruction on each other
     # dataset. Where each setting comes from (README, "Settings"): LoRA depth and HateSpeech's label balancing are
     # chosen on the validation splits by `python benchmarks/lora_depth.py` (clean runs' balanced accuracy;
-    # results/bench/raw/lora_depth_quick.json, which tests/test_selection.py holds this profile to); rows, epochs and
-    # learning rate are fixed for cost and were never compared on any split. TREC has about 8 ABBR rows in 500, so
-    # clean-label poisoning there is capped by the target rows the subsample holds.
+    # results/bench/raw/lora_depth_quick.json), rows, epochs and learning rate by `python
+    # benchmarks/training_budget.py` (the cheapest clean SST-2 run reaching 0.85 on validation;
+    # results/bench/raw/training_budget_quick.json); tests/test_selection.py holds this profile to both. TREC has
+    # about 8 ABBR rows in 500, so clean-label poisoning there is capped by the target rows the subsample holds.
     "quick": Profile(name="quick", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0,), n_train=500,
                      n_test=400, poison_rate=0.05, poison_rate_by_dataset={"trec": 0.012},
                      attacks_by_dataset={d: QUICK_ATTACKS for d in OTHERS},
@@ -133,6 +134,10 @@ PROFILES = {
                     defense_runs=tuple((d, a) for d in DATASETS for a in ("induced_instruction", "rewrite_addsent",
                                                                           "instr_synonym", "badnet"))),
 }
+# Between quick and full, on the same CPU: what a lab-sized quick cannot hold. Today quick's grid with the
+# fingerprints' users finetuning for many more steps (fingerprint.SETTINGS); issue 15 moves quick's other extras
+# here as quick is cut to 45 minutes.
+PROFILES["extended"] = replace(PROFILES["quick"], name="extended")
 
 
 def get_profile(name: str, model: str | None = None) -> Profile:
