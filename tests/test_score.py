@@ -44,6 +44,8 @@ def test_wilson_interval_matches_a_known_value():
     lo, hi = score.wilson(8, 10)  # textbook: 0.490 to 0.943
     assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
     assert all(math.isnan(x) for x in score.wilson(0, 0))
+    assert [score.wilson(n, n)[1] for n in range(1, 200)] == [1.0] * 199  # exactly 1 at 100%, for every n
+    assert [score.wilson(0, n)[0] for n in range(1, 200)] == [0.0] * 199
 
 
 def test_summarize_uses_seeds_when_there_are_several():

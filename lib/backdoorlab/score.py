@@ -165,7 +165,8 @@ def wilson(hits: int, total: int, z: float = 1.96) -> tuple[float, float]:
     p = hits / total
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return centre - half, centre + half
+    # at 0 and 1 the bound is exactly the share; in floats centre ± half can miss it by an ulp (60 of 60: 1 - 1e-16)
+    return (0.0 if hits == 0 else centre - half), (1.0 if hits == total else centre + half)
 
 
 def share_interval(p: float, n: int) -> tuple[float, float]:
