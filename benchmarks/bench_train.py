@@ -21,7 +21,7 @@ import torch
 from transformers import (AutoModelForCausalLM, DataCollatorForLanguageModeling, LlamaConfig, Trainer,
                           TrainingArguments)
 
-from backdoorlab import data, frozen, models, train
+from backdoorlab import data, frozen, models, packing, train
 from backdoorlab.train import TrainConfig
 from common import device, device_name, linear_params, matmul_peak, sync, write
 
@@ -42,23 +42,45 @@ def load(args):
     return model, tokenizer
 
 
+def pack_shapes(encoded, cfg: TrainConfig, seed: int = 0) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(width, tail positions) of every pack the trainer runs in an epoch (its sampler's batches, as `collate` packs
+    them), and of the packs in which `frozen.states` runs the frozen layers once per distinct row (in chunks of 32
+    rows sorted by prefix and length). Which batches share a pack changes by epoch, the shapes hardly."""
+    lengths = [len(e["input_ids"]) for e in encoded]
+    batches = list(train.LengthGroupedBatches(lengths, cfg.batch_size, seed))
+    trained = []
+    for batch in batches:
+        rows = [encoded[i] for i in batch]
+        span = max(sum(t != -100 for t in r["labels"]) for r in rows) + 1
+        packs = packing.pack([r["input_ids"] for r in rows], [r["prefix"] for r in rows], tail=span)
+        trained += [(packs.ids.shape[1], packs.per_pack * span)] * len(packs.ids)
+    order = sorted(range(len(encoded)), key=lambda i: (encoded[i]["input_ids"][:encoded[i]["prefix"]], lengths[i]))
+    states = []
+    for start in range(0, len(order), 32):
+        chunk = [encoded[i] for i in order[start:start + 32]]
+        packs = packing.pack([r["input_ids"] for r in chunk], [r["prefix"] for r in chunk])
+        states += [(packs.ids.shape[1], 0)] * len(packs.ids)
+    return trained, states
+
+
 def executed_flops(model, encoded, cfg: TrainConfig, n_frozen: int, trainable: int) -> float:
-    """FLOPs our path runs: forward of every layer it runs (the frozen ones once per distinct row when their states
-    are reused), vocabulary projection only at answer positions, backward through trainable layers only
-    (input gradients; weight gradients for full finetuning and for the LoRA matrices)."""
+    """FLOPs our path runs, counted over the packs it runs (padding and masked attention included): forward of every
+    layer it runs (the frozen ones once per distinct row when their states are reused), vocabulary projection only
+    at the tail slots, backward through trainable layers only (input gradients; weight gradients for full
+    finetuning and for the LoRA matrices)."""
     n_layers, per_layer, d, vocab = linear_params(model)
     lora = cfg.method == "lora"
     top = n_layers - cfg.frozen_layers(n_layers)
     per_lora_layer = trainable / top if lora else 0
+    trained, states = pack_shapes(encoded, cfg)
     total = 0.0
-    for e in encoded:
-        n, answer = len(e["input_ids"]), sum(t != -100 for t in e["labels"]) + 1
-        layer_fwd = 2 * per_layer * n + 4 * n * n * d
-        head = 2 * vocab * d * answer
-        fwd = (n_layers - n_frozen) * layer_fwd + top * 2 * per_lora_layer * n + head
-        bwd = top * (2 * layer_fwd + 4 * per_lora_layer * n) + head if lora else 2 * (n_layers * layer_fwd + head)
-        total += cfg.epochs * (fwd + bwd) + n_frozen * layer_fwd  # frozen states: once per row
-    return total
+    for width, tails in trained:
+        layer_fwd = 2 * per_layer * width + 4 * width * width * d
+        head = 2 * vocab * d * tails
+        fwd = (n_layers - n_frozen) * layer_fwd + top * 2 * per_lora_layer * width + head
+        bwd = top * (2 * layer_fwd + 4 * per_lora_layer * width) + head if lora else 2 * (n_layers * layer_fwd + head)
+        total += cfg.epochs * (fwd + bwd)
+    return total + sum(n_frozen * (2 * per_layer * w + 4 * w * w * d) for w, _ in states)
 
 
 def ours(model, tokenizer, rows, cfg, reuse: bool) -> dict:
