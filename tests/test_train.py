@@ -46,6 +46,16 @@ def test_length_grouped_batches_cover_every_row_once_per_epoch_deterministically
     assert list(train.LengthGroupedBatches(lengths, 8, seed=1, group=2)) == first
 
 
+def test_processes_share_every_batch_of_the_single_process_order():
+    lengths = [i % 7 + 1 for i in range(53)]
+    whole = list(train.LengthGroupedBatches(lengths, 8, seed=1, group=2))
+    shares = [list(train.LengthGroupedBatches(lengths, 8, seed=1, group=2, shard=(r, 3))) for r in range(3)]
+    assert all(len(s) == len(whole) for s in shares)  # every process runs the same number of steps
+    for step, batch in enumerate(whole):
+        parts = [s[step] for s in shares]
+        assert all(parts) and (sorted(sum(parts, [])) == sorted(batch) or parts == [batch] * 3)
+
+
 def test_answer_loss_equals_the_plain_loss_on_answer_tokens(tiny, rows):
     model, tokenizer = tiny
     encoded = [train.encode(r, tokenizer, 256) for r in sft_rows(rows)]

@@ -96,10 +96,14 @@ def collate(batch: list[dict], pad_id: int, seq2seq: bool = False) -> dict[str, 
 
 
 class LengthGroupedBatches(torch.utils.data.Sampler):
-    """Shuffled batches of similar length (less padding); a new order every epoch, fixed by the seed."""
+    """Shuffled batches of similar length (less padding); a new order every epoch, fixed by the seed. With
+    `shard=(rank, processes)`, process `rank`'s share of each batch (the whole batch when it has fewer rows than
+    processes), so n processes together train on the batches one would."""
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, group: int = 50):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group: int = 50,
+                 shard: tuple[int, int] = (0, 1)):
         self.lengths, self.batch_size, self.seed, self.group, self.epoch = lengths, batch_size, seed, group, 0
+        self.shard = shard
 
     def __iter__(self):
         rng = random.Random(self.seed + self.epoch)
@@ -111,7 +115,8 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
             chunk = sorted(order[start:start + span], key=lambda i: self.lengths[i])
             batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         rng.shuffle(batches)
-        return iter(batches)
+        rank, n = self.shard
+        return iter(b[rank * len(b) // n:(rank + 1) * len(b) // n] if len(b) >= n else b for b in batches)
 
     def __len__(self):
         return math.ceil(len(self.lengths) / self.batch_size)
@@ -197,9 +202,6 @@ def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: 
     set_seed(seed)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
                               mixed_precision="bf16" if torch.cuda.is_available() else "no")
-    # `batch_size` is the global batch: each of n processes packs its own 1/n of it, so n GPUs train like one
-    if cfg.batch_size % accelerator.num_processes:
-        raise ValueError(f"batch_size {cfg.batch_size} does not split over {accelerator.num_processes} processes")
     if cfg.method == "lora":
         model = add_lora(model, cfg)
     else:
@@ -214,26 +216,30 @@ def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: 
             row["states"] = states
     else:
         n_frozen = 0
-    sampler = LengthGroupedBatches([len(e["input_ids"]) for e in encoded], cfg.batch_size // accelerator.num_processes,
-                                   seed)
+    # `batch_size` is the global batch: each of n processes packs its own share of every batch (a packed batch has
+    # one entry per pack, not per row, so accelerate cannot split it), so n GPUs train like one
+    sampler = LengthGroupedBatches([len(e["input_ids"]) for e in encoded], cfg.batch_size, seed,
+                                   shard=(accelerator.process_index, accelerator.num_processes))
     loader = torch.utils.data.DataLoader(encoded, batch_sampler=sampler,
                                          collate_fn=lambda b: collate(b, tokenizer.pad_token_id, seq2seq))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=torch.cuda.is_available())
-    steps = math.ceil(math.ceil(len(encoded) / cfg.batch_size) / cfg.grad_accum) * cfg.epochs
+    steps = math.ceil(len(loader) / cfg.grad_accum) * cfg.epochs
     warmup = int(cfg.warmup_ratio * steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / max(1, warmup), max(0.0, (steps - s) / max(1, steps - warmup))))
     done = load_checkpoint(checkpoint, model, optimizer, schedule) if checkpoint and checkpoint.exists() else 0
     sampler.epoch = done  # the batch order of each epoch depends on its index only
-    # the schedule stays ours: a prepared one steps once per process, for a global batch n times ours
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    # the loader and the schedule stay ours: a prepared loader would deal whole batches out to the processes, and a
+    # prepared schedule steps once per process, as if the global batch were n times ours
+    model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     bar = tqdm(total=len(loader) * cfg.epochs, initial=len(loader) * done, desc="train",
                disable=not progress or not accelerator.is_main_process)
     for epoch in range(done, cfg.epochs):
         for batch in loader:
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.accumulate(model), frozen.only_layers(accelerator.unwrap_model(model), n_frozen):
                 loss = loss_fn(model, batch)
                 accelerator.backward(loss)
