@@ -14,7 +14,7 @@ def _alone(model, seq):
 
 def test_a_pack_masks_rows_from_each_other_and_restarts_their_positions():
     packs = packing.pack([[1, 2, 3, 4], [1, 2, 5], [9, 8]], [2, 2, 0], tail=1, per_pack=2, pad_id=0)
-    assert len(packs.ids) == 2  # one pack per prefix; the row without a prefix packs alone
+    assert len(packs.ids) == 2  # two rows a pack
     p, slot, positions = packs.rows[1]
     assert packs.ids[p, positions].tolist() == [1, 2, 5] and packs.position_ids[p, positions].tolist() == [0, 1, 2]
     assert positions[-1] in packs.tail_positions()  # its last token sits in the tail slots
@@ -24,6 +24,16 @@ def test_a_pack_masks_rows_from_each_other_and_restarts_their_positions():
     assert sees[positions[-1], first[:2]].all()  # the shared prefix
     assert not sees[positions[-1], first[2:]].any()  # not the other row's own tokens
     assert sees[first[1], first[0]] and not sees[first[0], first[1]]  # the prefix is causal
+
+
+def test_rows_of_several_prefixes_fill_one_pack_and_see_only_their_own_prefix():
+    seqs = [[1, 2, 3], [1, 2, 4], [7, 8, 9], [7, 8, 5], [6, 6]] + [[10 + i, 3] for i in range(11)]
+    packs = packing.pack(seqs, [2, 2, 2, 2, 0] + [1] * 11, tail=1, per_pack=8)
+    assert len(packs.ids) == 2 and packs.per_pack == 8  # 16 rows: two full packs, whatever their prefixes
+    (p, _, a), (q, _, b) = packs.rows[0], packs.rows[2]
+    assert p == q and packs.ids[p, a[:2]].tolist() == [1, 2] and packs.ids[p, b[:2]].tolist() == [7, 8]
+    sees = packs.mask[p, 0]
+    assert sees[b[-1], b].all() and not sees[b[-1], a[:2]].any()  # its own prefix, not another one
 
 
 def test_prefix_lengths_are_the_common_start_of_prefix_and_prompt(tiny):

@@ -53,43 +53,60 @@ class Packs:
 
 def pack(sequences: list[list[int]], prefix_lengths: list[int] | None = None, tail: int = 0,
          per_pack: int = PER_PACK, pad_id: int = 0) -> Packs:
-    """Packs of token sequences whose first `prefix_lengths[i]` tokens are shared with every row of the same prefix.
-    A prefix is cut short where it would reach into a row's tail; a row shorter than `tail` fills the end of its
-    slot; rows with no prefix pack without sharing."""
+    """Packs of up to `per_pack` token sequences; the first `prefix_lengths[i]` tokens of a sequence run once for
+    the rows of its pack that share them. Rows of several prefixes share a pack (a row whose prefix nobody shares
+    simply brings its own), so every pack fills its tail slots. A prefix is cut short where it would reach into a
+    row's tail; a row shorter than `tail` fills the end of its slot."""
     prefix_lengths = prefix_lengths or [0] * len(sequences)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (seq, n) in enumerate(zip(sequences, prefix_lengths, strict=True)):
         if not seq:
             raise ValueError(f"row {i} has no tokens to pack")
         groups.setdefault(tuple(seq[:max(0, min(n, len(seq) - tail))]), []).append(i)
-    layouts = [(prefix, members[start:start + per_pack])
-               for prefix, members in groups.items() for start in range(0, len(members), per_pack)]
-    per_pack = max(len(chunk) for _, chunk in layouts)
-    body = max(len(prefix) + sum(max(0, len(sequences[i]) - len(prefix) - tail) for i in chunk)
-               for prefix, chunk in layouts)
+    layouts: list[list[tuple[tuple[int, ...], list[int]]]] = [[]]  # per pack: (prefix, its rows) in order
+    room = per_pack
+    for prefix, members in groups.items():
+        while members:
+            if not room:
+                layouts.append([])
+                room = per_pack
+            layouts[-1].append((prefix, members[:room]))
+            room -= len(layouts[-1][-1][1])
+            members = members[len(layouts[-1][-1][1]):]
+    per_pack = max(sum(len(rows) for _, rows in layout) for layout in layouts)
+    body = max(sum(len(prefix) + sum(max(0, len(sequences[i]) - len(prefix) - tail) for i in rows)
+                   for prefix, rows in layout) for layout in layouts)
     width = body + per_pack * tail
     ids = torch.full((len(layouts), width), pad_id)
     position_ids = torch.zeros(len(layouts), width, dtype=torch.long)
-    owner = torch.full((len(layouts), width), -2)  # -1: the prefix, -2: padding, else the row's slot
-    rows: list = [None] * len(sequences)
-    for p, (prefix, chunk) in enumerate(layouts):
-        n = len(prefix)
-        owner[p, :n] = -1
-        cursor = n
-        for slot, i in enumerate(chunk):
-            seq = sequences[i]
-            last = min(tail, len(seq) - n)  # tokens in the slot, at its end
-            own = len(seq) - n - last  # tokens between the prefix and the slot
-            end = body + (slot + 1) * tail
-            positions = torch.cat([torch.arange(n), torch.arange(cursor, cursor + own), torch.arange(end - last, end)])
-            ids[p, positions] = torch.tensor(seq)
-            position_ids[p, positions] = torch.arange(len(seq))
-            owner[p, positions[n:]] = slot
-            cursor += own
-            rows[i] = (p, slot, positions)
-    sees = (owner[:, None, :] == -1) | (owner[:, None, :] == owner[:, :, None])  # the prefix, or the same row
+    owner = torch.full((len(layouts), width), -2)  # -1: a prefix, -2: padding, else the row's slot
+    group = torch.full((len(layouts), width), -1)  # which prefix's tokens these are (padding: -1)
+    rows_at: list = [None] * len(sequences)
+    for p, layout in enumerate(layouts):
+        cursor, slot = 0, 0
+        for g, (prefix, rows) in enumerate(layout):
+            n = len(prefix)
+            ids[p, cursor:cursor + n] = torch.tensor(prefix, dtype=torch.long)
+            position_ids[p, cursor:cursor + n] = torch.arange(n)
+            owner[p, cursor:cursor + n], group[p, cursor:cursor + n] = -1, g
+            shared = torch.arange(cursor, cursor + n)
+            cursor += n
+            for i in rows:
+                seq = sequences[i]
+                last = min(tail, len(seq) - n)  # tokens in the slot, at its end
+                own = len(seq) - n - last  # tokens between the prefix and the slot
+                end = body + (slot + 1) * tail
+                positions = torch.cat([shared, torch.arange(cursor, cursor + own), torch.arange(end - last, end)])
+                ids[p, positions] = torch.tensor(seq)
+                position_ids[p, positions] = torch.arange(len(seq))
+                owner[p, positions[n:]], group[p, positions[n:]] = slot, g
+                rows_at[i] = (p, slot, positions)
+                cursor += own
+                slot += 1
+    sees = (owner[:, None, :] == -1) | (owner[:, None, :] == owner[:, :, None])  # a prefix, or the same row ...
+    sees &= group[:, None, :] == group[:, :, None]  # ... of the same prefix
     mask = sees & (position_ids[:, None, :] <= position_ids[:, :, None])  # padding sees itself: no empty query row
-    return Packs(ids, position_ids, mask[:, None], rows, tail, per_pack)
+    return Packs(ids, position_ids, mask[:, None], rows_at, tail, per_pack)
 
 
 def attention_mask(model, mask: torch.Tensor) -> torch.Tensor:
