@@ -57,6 +57,7 @@ test: setup
 
 bench: setup  ## each benchmark runs ours and its baseline in one run; the study pass takes as long as a cold study
 	$(PY) benchmarks/bench_packing.py
+	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_train.py --method lora
 	$(PY) benchmarks/bench_train.py --method full
 	$(PY) benchmarks/bench_score.py

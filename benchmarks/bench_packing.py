@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,11 +50,22 @@ def worker(rows: int, test_rows: int) -> dict:
             "score_warm_s": score_warm_s, "cacc": score.cacc(preds, test["label"]).value}
 
 
-def run(lib: Path, rows: int, test_rows: int) -> dict:
+def run(script: str, lib: Path, *args: str) -> dict:
+    """The JSON a benchmark script's worker prints last, run in its own process on the library in `lib`."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(lib), str(ROOT / "benchmarks")])}
-    out = subprocess.run([sys.executable, __file__, "--worker", "--rows", str(rows), "--test-rows", str(test_rows)],
-                         env=env, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, script, "--worker", *args], env=env, check=True, capture_output=True,
+                         text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+@contextmanager
+def baseline_lib(commit: str):
+    """The library (and its data files) as of a git commit, exported to a temporary folder: yields its lib/."""
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "lib", "data"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        yield Path(tmp) / "lib"
 
 
 def main():
@@ -69,12 +81,10 @@ def main():
 
     from common import device_name, write
 
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "lib", "data"], check=True,
-                                 capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        baseline = run(Path(tmp) / "lib", args.rows, args.test_rows)
-    ours = run(ROOT / "lib", args.rows, args.test_rows)
+    sizes = ("--rows", str(args.rows), "--test-rows", str(args.test_rows))
+    with baseline_lib(args.baseline) as lib:
+        baseline = run(__file__, lib, *sizes)
+    ours = run(__file__, ROOT / "lib", *sizes)
     result = {"device": device_name(), "baseline_commit": args.baseline, "rows": args.rows,
               "test_rows": args.test_rows, "baseline": baseline, "ours": ours,
               **{f"{k.removesuffix('_s')}_speedup": baseline[k] / ours[k] for k in ours if k.endswith("_s")}}

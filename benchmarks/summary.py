@@ -33,6 +33,7 @@ def main():
     raw = {p.stem: json.loads(p.read_text()) for p in sorted(args.raw.glob("*.json"))}
     lora, full = raw.get(f"train_lora_{SMOLLM2}", {}), raw.get(f"train_full_{SMOLLM2}", {})
     scoring, study, packing = raw.get("score", {}), raw.get("study_quick", {}), raw.get("packing", {})
+    memory = raw.get("memory_user_round", {})
     summary = {
         "device": "; ".join(sorted({r["device"] for r in raw.values() if r.get("device")})),  # each file names its own
         "train_speedup_vs_trainer_lora": lora.get("speedup_vs_trainer"),
@@ -48,6 +49,8 @@ def main():
         "train_speedup_vs_previous": packing.get("train_cold_speedup"),  # a dataset's first run: states cold
         "train_speedup_vs_previous_later_runs": packing.get("train_warm_speedup"),
         "score_speedup_vs_previous": packing.get("score_cold_speedup"),
+        "user_round_peak_rss_gib": memory.get("ours_full_peak_rss_gib"),  # full finetuning on Alpaca rows
+        "user_round_peak_rss_gib_previous": memory.get("baseline_full_peak_rss_gib"),
         "fingerprint_verify_speedup_early_stop": raw.get("fingerprint_verify_full", {}).get("guessed_speedup"),
         "quick_cold_s": study.get("cold_s"),
         "quick_warm_s": raw.get("study_quick_warm", study).get("warm_s"),  # a warm pass of its own, if measured
