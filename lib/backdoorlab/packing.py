@@ -1,10 +1,11 @@
 """Rows that begin with the same prompt prefix run that prefix once: shared-prefix packing.
 
 Every clean row of a task starts with the same chat template and instruction, and so does every triggered row of an
-instruction attack: about half of SST-2's prompt tokens. A *pack* is one sequence holding a prefix once and the rest
-of up to `per_pack` rows after it. Its 4-D attention mask lets each row's tokens see the prefix and their own earlier
-tokens only, and each row's position ids continue where the prefix ends, so every row gets the logits and hidden
-states it gets when run alone (up to float rounding); training, scoring and the frozen-layer states all run on packs.
+instruction attack: about half of SST-2's prompt tokens. A *pack* is one sequence holding up to `per_pack` rows,
+each prefix among them once and each row's remaining tokens after its prefix. Its 4-D attention mask lets each
+row's tokens see their prefix and their own earlier tokens only, and each row's position ids continue where the
+prefix ends, so every row gets the logits and hidden states it gets when run alone (up to float rounding);
+training, scoring and the frozen-layer states all run on packs.
 
 Attention follows the mask and the position ids, not the order of tokens in a pack, so each row's last `tail` tokens
 sit in a slot at the end of its pack: the positions a loss or a score reads are then the same in every pack of a
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-PER_PACK = 8  # rows after one prefix: more saves little (the prefix is paid once) and attention grows with its square
+PER_PACK = 8  # rows a pack: more saves little (a prefix is paid once a pack) and attention grows with its square
 
 
 @dataclass
