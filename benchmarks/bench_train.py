@@ -44,8 +44,8 @@ def load(args):
 
 def pack_shapes(encoded, cfg: TrainConfig, seed: int = 0) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """(width, tail positions) of every pack the trainer runs in an epoch (its sampler's batches, as `collate` packs
-    them), and of the packs in which `frozen.states` runs the frozen layers once per distinct row (in chunks of 32
-    rows sorted by prefix and length). Which batches share a pack changes by epoch, the shapes hardly."""
+    them), and of the packs in which `frozen.states` runs the frozen layers once per distinct row. Which batches
+    share a pack changes by epoch, the shapes hardly."""
     lengths = [len(e["input_ids"]) for e in encoded]
     batches = list(train.LengthGroupedBatches(lengths, cfg.batch_size, seed))
     trained = []
@@ -54,10 +54,10 @@ def pack_shapes(encoded, cfg: TrainConfig, seed: int = 0) -> tuple[list[tuple[in
         span = max(sum(t != -100 for t in r["labels"]) for r in rows) + 1
         packs = packing.pack([r["input_ids"] for r in rows], [r["prefix"] for r in rows], tail=span)
         trained += [(packs.ids.shape[1], packs.per_pack * span)] * len(packs.ids)
-    order = sorted(range(len(encoded)), key=lambda i: (encoded[i]["input_ids"][:encoded[i]["prefix"]], lengths[i]))
     states = []
-    for start in range(0, len(order), 32):
-        chunk = [encoded[i] for i in order[start:start + 32]]
+    for batch in packing.batches([e["input_ids"] for e in encoded], frozen.ROWS_PER_CALL,
+                                 [e["prefix"] for e in encoded]):
+        chunk = [encoded[i] for i in batch]
         packs = packing.pack([r["input_ids"] for r in chunk], [r["prefix"] for r in chunk])
         states += [(packs.ids.shape[1], 0)] * len(packs.ids)
     return trained, states

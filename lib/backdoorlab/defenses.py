@@ -556,10 +556,8 @@ def training_confidence(stage: Stage, run: RunConfig) -> list[float]:
     model, tokenizer = cache.load(stage)
     task = data.get_task(run.dataset)
     rows = runs.training_set(run).dataset
-    prompts = [data.format_prompt(r, tokenizer) for r in rows]
-    prefixes = [data.prompt_prefix(r, tokenizer) for r in rows]
     n_frozen = stage.frozen_layers(model.config.num_hidden_layers)
-    scores = score.rank_scores(model, tokenizer, prompts, list(task.verbalizers), 32, n_frozen, prefixes)
+    scores = score.row_scores(model, tokenizer, rows, task.verbalizers, 32, n_frozen)
     return scores.softmax(-1).max(-1).values.tolist()
 
 

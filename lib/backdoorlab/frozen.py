@@ -23,6 +23,7 @@ import torch
 
 from . import packing
 
+ROWS_PER_CALL = 32  # sequences whose states one forward pass computes (in packs)
 MAX_BYTES = 1_500_000_000  # least recently used states are dropped beyond this (peak memory stays under ~4 GiB)
 _states: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 _bytes = 0
@@ -86,19 +87,17 @@ def _dtype(model) -> torch.dtype:
 
 
 @torch.no_grad()
-def _compute(model, n_frozen: int, sequences: list[tuple[int, ...]], prefix_lengths: list[int],
-             rows: int = 32) -> list[torch.Tensor]:
+def _compute(model, n_frozen: int, sequences: list[tuple[int, ...]], prefix_lengths: list[int]
+             ) -> list[torch.Tensor]:
     dec = decoder(model)
     device = next(model.parameters()).device
     captured = []  # the last frozen layer's output: the decoder's own output would be normed
     hook = dec.layers[n_frozen - 1].register_forward_hook(
         lambda module, args, out: captured.append(out[0] if isinstance(out, tuple) else out))
-    order = sorted(range(len(sequences)), key=lambda i: (sequences[i][:prefix_lengths[i]], len(sequences[i])))
     out = {}
     try:
         with only_layers(model, 0, n_frozen):
-            for start in range(0, len(order), rows):
-                chunk = order[start:start + rows]
+            for chunk in packing.batches(sequences, ROWS_PER_CALL, prefix_lengths):
                 packs = packing.pack([list(sequences[i]) for i in chunk], [prefix_lengths[i] for i in chunk])
                 captured.clear()
                 dec(input_ids=packs.ids.to(device), position_ids=packs.position_ids.to(device),

@@ -110,6 +110,14 @@ def pack(sequences: list[list[int]], prefix_lengths: list[int] | None = None, ta
     return Packs(ids, position_ids, mask[:, None], rows_at, tail, per_pack)
 
 
+def batches(sequences: list[list[int]], size: int, prefix_lengths: list[int] | None = None) -> list[list[int]]:
+    """Indices of sequences in batches of `size`: rows of the same prefix together (where given), of similar length
+    within it, so their packs share prefixes and carry little padding."""
+    prefix_lengths = prefix_lengths or [0] * len(sequences)
+    order = sorted(range(len(sequences)), key=lambda i: (tuple(sequences[i][:prefix_lengths[i]]), len(sequences[i])))
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
 def attention_mask(model, mask: torch.Tensor) -> torch.Tensor:
     """A pack's boolean mask as the model's attention implementation takes a ready 4-D mask: SDPA and flex read
     booleans, eager attention adds a float bias."""

@@ -50,18 +50,11 @@ def rank_scores(model, tokenizer, prompts: list[str], verbalizers: list[str], ba
     return scores
 
 
-def _batches(sequences: list[list[int]], batch_size: int, prefix_lengths: list[int] | None = None):
-    """Indices of sequences in batches of the same prefix (where given) and similar length."""
-    prefix_lengths = prefix_lengths or [0] * len(sequences)
-    order = sorted(range(len(sequences)), key=lambda i: (sequences[i][:prefix_lengths[i]], len(sequences[i])))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 def _last_logprobs(model, sequences, prefix_lengths, keep: int, n_frozen: int, pad_id: int, batch_size: int):
     """Yield (indices, log-softmax over the vocabulary at the last `keep` positions) batch by batch, in packs."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    for idx in _batches(sequences, batch_size, prefix_lengths):
+    for idx in packing.batches(sequences, batch_size, prefix_lengths):
         batch, shared = [sequences[i] for i in idx], [prefix_lengths[i] for i in idx]
         packs = packing.pack(batch, shared, tail=keep, pad_id=pad_id)
         inputs = {"input_ids": packs.ids.to(device)}
@@ -77,7 +70,7 @@ def _last_logprobs(model, sequences, prefix_lengths, keep: int, n_frozen: int, p
 def _seq2seq_scores(model, encoded, words, pad_id: int, batch_size: int) -> torch.Tensor:
     device = next(model.parameters()).device
     scores = torch.empty(len(encoded), len(words))
-    for idx in _batches(encoded, batch_size):
+    for idx in packing.batches(encoded, batch_size):
         batch = [encoded[i] for i in idx]
         width = max(map(len, batch))
         ids = torch.tensor([[pad_id] * (width - len(b)) + b for b in batch], device=device)
@@ -90,12 +83,18 @@ def _seq2seq_scores(model, encoded, words, pad_id: int, batch_size: int) -> torc
     return scores
 
 
-def predict(model, tokenizer, rows, verbalizers: list[str], batch_size: int = 32, n_frozen: int = 0) -> list[int]:
-    """Predicted label ids of classification rows ({"instruction", "text", ...}) by rank classification."""
+def row_scores(model, tokenizer, rows, verbalizers: list[str], batch_size: int = 32, n_frozen: int = 0
+               ) -> torch.Tensor:
+    """`rank_scores` of classification rows ({"instruction", "text", ...}), prompted as in training, each row's
+    prompt prefix shared with the rows that have it."""
     prompts = [format_prompt(r, tokenizer) for r in rows]
     prefixes = [prompt_prefix(r, tokenizer) for r in rows]
-    return rank_scores(model, tokenizer, prompts, list(verbalizers), batch_size, n_frozen,
-                       prefixes).argmax(-1).tolist()
+    return rank_scores(model, tokenizer, prompts, list(verbalizers), batch_size, n_frozen, prefixes)
+
+
+def predict(model, tokenizer, rows, verbalizers: list[str], batch_size: int = 32, n_frozen: int = 0) -> list[int]:
+    """Predicted label ids of classification rows by rank classification."""
+    return row_scores(model, tokenizer, rows, verbalizers, batch_size, n_frozen).argmax(-1).tolist()
 
 
 @torch.inference_mode()
