@@ -21,8 +21,12 @@ from lora_depth import SPLIT, measure
 
 
 def parse(setting: str) -> dict:
-    n_train, epochs, lr = setting.split(":")
-    return {"n_train": int(n_train), "epochs": int(epochs), "lr": float(lr)}
+    """`rows:epochs:learning-rate`, e.g. `500:2:5e-4`."""
+    try:
+        n_train, epochs, lr = setting.split(":")
+        return {"n_train": int(n_train), "epochs": int(epochs), "lr": float(lr)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{setting!r} is not rows:epochs:learning-rate, e.g. 500:2:5e-4") from None
 
 
 def choose(rows: list[dict], bar: float) -> dict:
@@ -40,9 +44,10 @@ def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="quick", choices=sorted(profiles.PROFILES))
     parser.add_argument("--dataset", default="sst2")
-    parser.add_argument("--settings", nargs="+", default=["500:2:5e-4", "500:1:5e-4", "500:1:1e-3", "250:2:5e-4",
-                                                          "250:2:1e-3", "1000:1:5e-4"],
-                        help="rows:epochs:learning-rate, each trained clean and with each attack")
+    tried = ("500:2:5e-4", "500:1:5e-4", "500:1:1e-3", "250:2:5e-4", "250:2:1e-3", "1000:1:5e-4")
+    parser.add_argument("--settings", nargs="+", type=parse, default=[parse(t) for t in tried],
+                        help=f"rows:epochs:learning-rate, each trained clean and with each attack (default: "
+                             f"{' '.join(tried)})")
     parser.add_argument("--attacks", nargs="+", default=["clean", "induced_instruction"],
                         help="'clean' first; the attacks are measured for the report, not for the choice")
     parser.add_argument("--bar", type=float, default=0.85, help="validation accuracy the clean run must reach")
@@ -51,7 +56,7 @@ def main(argv: list[str] | None = None):
         parser.error("--attacks must start with 'clean': the choice is made on the clean runs")
     profile = profiles.get_profile(args.profile)
     rows = []
-    for setting in map(parse, args.settings):
+    for setting in args.settings:
         rows += measure(profile, args.dataset, args.attacks, args.dataset in profile.balanced_datasets, **setting)
     write(f"training_budget_{profile.name}", {"device": device_name(), "profile": profile.name,
                                               "seed": profile.seeds[0], "choice": choose(rows, args.bar),
