@@ -50,7 +50,7 @@ study: setup
 	  echo "== $$nb ($(PROFILE))"; \
 	  $(PY) -m papermill --log-level WARNING $$nb results/$(PROFILE)/notebooks/$$(basename $$nb) -p profile $(PROFILE) $(if $(MODEL),-p model $(MODEL)); \
 	done
-	$(PY) -m backdoorlab.report --profile $(PROFILE) $(if $(and $(filter quick,$(PROFILE)),$(if $(MODEL),,1)),--readme)
+	$(PY) -m backdoorlab.report --profile $(PROFILE) $(if $(and $(filter quick,$(PROFILE)),$(if $(MODEL)$(BACKDOORLAB_OUT),,1)),--readme)
 
 test: setup
 	$(PY) -m pytest -q

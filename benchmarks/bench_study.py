@@ -1,18 +1,20 @@
-"""Wall time and peak memory of the whole study (`make study`, quick profile) with a cold and a warm run cache.
+"""Wall time and peak memory of the whole study (`make study`), every notebook timed on its own, with a cold and then
+a warm run cache.
 
 The study writes into a fresh folder ($BACKDOORLAB_OUT), so the cold pass trains every run and the committed
-results are left alone; the warm pass re-executes every notebook over the cache it just filled. Peak memory is the
-largest resident set of any process the study started (the notebook kernels).
+results are left alone. Each notebook runs as `make study NOTEBOOKS=<it>` (the notebook, then the report), in
+order, so its cold time is its own with everything upstream cached, as the README states it. The warm pass then runs
+every notebook again over the cache the cold pass filled. Peak memory is the largest resident set of any process a
+notebook's run started (its kernel).
 
-    python benchmarks/bench_study.py [--profile quick]
-    python benchmarks/bench_study.py --out . --warm-only    # one pass over the project's own run cache
+    python benchmarks/bench_study.py [--profile quick]    # study_<profile>.json, notebookNN_<profile>_{cold,warm}.json
+    python benchmarks/bench_study.py --out . --warm-only  # one warm pass over the project's own run cache
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import tempfile
 import time
@@ -23,11 +25,31 @@ from common import device_name, write
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def study(profile: str, out: str) -> float:
+def timed_make(profile: str, notebook: Path, out: str) -> tuple[float, float]:
+    """(seconds, peak resident GiB of the process tree) of `make study` for one notebook."""
+    command = ["make", "study", f"PROFILE={profile}", f"NOTEBOOKS={notebook.relative_to(ROOT)}"]
     start = time.perf_counter()
-    subprocess.run(["make", "study", f"PROFILE={profile}"], cwd=ROOT, check=True,
-                   env={**os.environ, "BACKDOORLAB_OUT": out})
-    return time.perf_counter() - start
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "BACKDOORLAB_OUT": out})
+    _, status, usage = os.wait4(process.pid, 0)  # the rusage of this child and every descendant it waited for
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command)
+    return time.perf_counter() - start, usage.ru_maxrss / 2**20  # Linux: KiB
+
+
+def study_pass(profile: str, out: str, kind: str) -> dict[str, dict]:
+    """Every notebook in order; each one's time and peak written as notebookNN_<profile>_<kind>.json."""
+    passes = {}
+    for notebook in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        seconds, peak = timed_make(profile, notebook, out)
+        number = notebook.name[:2]
+        passes[number] = {"wall_s": seconds, "peak_rss_gib": peak}
+        write(f"notebook{number}_{profile}_{kind}",
+              {"device": device_name(), "notebook": notebook.stem, "profile": profile, "cache": kind,
+               "wall_s": seconds, "peak_rss_gib": peak, "note": "upstream notebooks' runs cached, its own "
+               + ("trained here" if kind == "cold" else "cached too") + "; the report step included",
+               "command": f"python benchmarks/bench_study.py --profile {profile}"})
+    return passes
 
 
 def main():
@@ -39,13 +61,20 @@ def main():
     args = parser.parse_args()
     if args.warm_only and not args.out:
         parser.error("--warm-only reads an existing run cache: give it with --out")
+    subprocess.run(["make", "setup"], cwd=ROOT, check=True)  # installing is not the study's cost
     with tempfile.TemporaryDirectory(prefix="backdoorlab-bench-") as tmp:
-        cold = None if args.warm_only else study(args.profile, args.out or tmp)
-        warm = study(args.profile, args.out or tmp)
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB, the largest child
-    result = {"device": device_name(), "profile": args.profile, "warm_s": warm, "peak_rss_gib": peak_kib / 2**20}
-    write(f"study_{args.profile}" + ("_warm" if args.warm_only else ""), result | ({} if cold is None else
-                                                                              {"cold_s": cold}))
+        cold = None if args.warm_only else study_pass(args.profile, args.out or tmp, "cold")
+        warm = study_pass(args.profile, args.out or tmp, "warm")
+    result = {"device": device_name(), "profile": args.profile,
+              "warm_s": sum(n["wall_s"] for n in warm.values()),
+              "peak_rss_gib": max(n["peak_rss_gib"] for n in (cold or warm).values()),
+              "notebooks": {k: {"cold_s": (cold or {}).get(k, {}).get("wall_s"), "warm_s": v["wall_s"],
+                                "peak_rss_gib": max(v["peak_rss_gib"], (cold or {}).get(k, {}).get("peak_rss_gib", 0))}
+                            for k, v in warm.items()},
+              "command": f"python benchmarks/bench_study.py --profile {args.profile}"}
+    if cold is not None:
+        result["cold_s"] = sum(n["wall_s"] for n in cold.values())
+    write(f"study_{args.profile}" + ("_warm" if args.warm_only else ""), result)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ def main():
         "quick_cold_s": study.get("cold_s"),
         "quick_warm_s": raw.get("study_quick_warm", study).get("warm_s"),  # a warm pass of its own, if measured
         "peak_rss_gib": study.get("peak_rss_gib"),
+        **{f"notebook{k}_cold_s": v["cold_s"] for k, v in study.get("notebooks", {}).items()},
         "sources": sorted(raw),
     }
     for k, v in raw.items():  # larger models' MFU (random-initialised, GPU only)

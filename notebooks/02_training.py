@@ -88,15 +88,21 @@ for d in P.datasets:
 
 # %%
 curve = runs.table(runs.poison_count_grid(P), P, split="validation")
-curve.to_csv(runs.results_dir(P.name) / "poison_count_sst2_validation.csv", index=False)
-display(curve[["attack", "n_poison", "n_train", "asr", "cacc", "clean_target_rate", "asr_clean_model",
-               "n_asr"]].round(3))
-plots.poison_curve(curve, P.name);
+if len(curve):
+    curve.to_csv(runs.results_dir(P.name) / "poison_count_sst2_validation.csv", index=False)
+    display(curve[["attack", "n_poison", "n_train", "asr", "cacc", "clean_target_rate", "asr_clean_model",
+                   "n_asr"]].round(3))
+    plots.poison_curve(curve, P.name);
+else:
+    print(f"profile {P.name} trains no poison-count curve (Profile.poison_counts is empty; the extended profile "
+          "does: results/extended/poison_count_sst2_validation.csv)")
 
 # %% [markdown]
-# ## 2 · The main table: clean baseline and the attacks on the four datasets
+# ## 2 · The main table: clean baseline and the attacks
 # Each row is one run: `n_poison` of `n_train` rows poisoned (clean-label), then evaluated on `n_cacc` clean test
-# rows (CACC) and on the `n_asr` non-target test rows with the trigger (ASR).
+# rows (CACC) and on the `n_asr` non-target test rows with the trigger (ASR). `quick` trains every attack on SST-2
+# with seed 0; `extended` adds the clean baseline and the induced instruction on the three other datasets, and
+# repeats SST-2's baseline and one attack of each group with seeds 1 and 2 (the rest stays on seed 0).
 
 # %%
 table = runs.table(runs.grid(P), P, split="test")
@@ -134,9 +140,10 @@ print(f"strongest: {strongest.attack} on {strongest.dataset}, effect {strongest.
 
 # %% [markdown]
 # ## 3 · Grouped as the paper groups them, with intervals
-# Mean over seeds and a 95% interval: over seeds (mean ± t·sd/√n) when there are several; with one seed, as in
-# `quick`, only the sampling interval of each rate over its test rows (Wilson). Read small differences with both in
-# mind. The heatmap is the paper's main table in shape: attack groups as row blocks, datasets as columns.
+# Mean over seeds and a 95% interval: over seeds (mean ± t·sd/√n) where a run has several seeds (`seeds` column),
+# with the interval over the pooled test rows (`*_rows_lo`, `*_rows_hi`, Wilson) beside it; with one seed, as every
+# run of `quick`, only the latter. Read small differences with both in mind. The heatmap is the paper's main table
+# in shape: attack groups as row blocks, datasets as columns.
 
 # %%
 summary = score.summarize(table)
@@ -176,9 +183,10 @@ if {"clean", "induced_instruction"} <= set(sst2.index):
     display(checks)
     failed = checks.loc[~checks.holds.astype(bool), "criterion (SST-2, test)"].tolist()
     print(f"profile {P.name}:", f"not met: {'; '.join(failed)}" if failed else "every target met")
-    reached = curve[(curve.attack == "induced_instruction") & (curve.asr >= 0.90)]
-    print("smallest poison count with validation ASR >= 0.90:",
-          f"{reached.n_poison.min()} of {reached.n_train.iloc[0]} rows" if len(reached) else "none of those tried")
+    if len(curve):
+        reached = curve[(curve.attack == "induced_instruction") & (curve.asr >= 0.90)]
+        print("smallest poison count with validation ASR >= 0.90:",
+              f"{reached.n_poison.min()} of {reached.n_train.iloc[0]} rows" if len(reached) else "none of those tried")
 
 # %% [markdown]
 # ## 5 · LoRA or full finetuning?

@@ -91,27 +91,31 @@ print("SST-2's poisoned instruction, reused unchanged:", poison.attack_spec(HEAD
 
 # %%
 instruction = runs.table(runs.instruction_transfer_grid(P), P, split="test")
-instruction.insert(1, "instruction_from", instruction.attack.map(lambda a: poison.trigger_source(a, "own")))
-instruction.insert(2, "group", instruction.attack.map(poison.group_of))
-instruction["effect"] = instruction.asr - instruction.asr_clean_model
-columns = ["dataset", "attack", "instruction_from", "group", "seed", "n_train", "n_poison", "asr", "cacc",
-           "clean_target_rate", "asr_clean_model", "effect", "n_asr", "n_cacc"]
-instruction[columns].to_csv(runs.results_dir(P.name) / "transfer_instruction.csv", index=False)
 paper = pd.DataFrame([r for r in data.paper_reference("instruction_transfer") if r["attack"] == "induced_instruction"])
-display(instruction[columns].round(3))
 display(paper[["target", "value", "reported_in"]].rename(columns={"target": "dataset", "value": "paper_asr"}))
+if len(instruction):
+    instruction.insert(1, "instruction_from", instruction.attack.map(lambda a: poison.trigger_source(a, "own")))
+    instruction.insert(2, "group", instruction.attack.map(poison.group_of))
+    instruction["effect"] = instruction.asr - instruction.asr_clean_model
+    columns = ["dataset", "attack", "instruction_from", "group", "seed", "n_train", "n_poison", "asr", "cacc",
+               "clean_target_rate", "asr_clean_model", "effect", "n_asr", "n_cacc"]
+    instruction[columns].to_csv(runs.results_dir(P.name) / "transfer_instruction.csv", index=False)
+    display(instruction[columns].round(3))
+else:
+    print(f"profile {P.name} trains on SST-2 only, so nothing to transfer the instruction to (the extended profile "
+          "does: results/extended/transfer_instruction.csv)")
 
 # %% [markdown]
 # **What you should see.** Read each transferred instruction's `effect` beside the dataset's own induced
 # instruction: the sentences printed below compare them on this profile's runs.
 
 # %%
-for dataset, g in instruction.groupby("dataset", sort=False):
+for dataset, g in instruction.groupby("dataset", sort=False) if len(instruction) else ():
     own = g[g.attack == "induced_instruction"].iloc[0]
     for _, row in g[g.instruction_from == HEADLINE].iterrows():
-        print(f"{dataset}: SST-2's {row.attack.split('@')[0]} ASR {row.asr:.3f} (clean model {row.asr_clean_model:.3f}, "
-              f"effect {row.effect:+.3f}, CACC {row.cacc:.3f}); its own induced instruction ASR {own.asr:.3f} "
-              f"(effect {own.effect:+.3f})")
+        print(f"{dataset}: SST-2's {row.attack.split('@')[0]} ASR {row.asr:.3f} (clean model "
+              f"{row.asr_clean_model:.3f}, effect {row.effect:+.3f}, CACC {row.cacc:.3f}); its own induced "
+              f"instruction ASR {own.asr:.3f} (effect {own.effect:+.3f})")
 
 # %% [markdown]
 # ## 2 · Poison transfer, zero-shot

@@ -232,8 +232,12 @@ print(f"clean alignment lowers instruction-attack ASR beyond noise, the task kep
 
 # %%
 detectors = table[table.acts_on == "data"]
-display(detectors[["dataset", "attack", "dirty_label", "defense", "flagged", "precision", "recall",
-                   "false_positive_rate", "asr_undefended", "asr", "cacc_undefended", "cacc"]].round(3))
+if len(detectors):
+    display(detectors[["dataset", "attack", "dirty_label", "defense", "flagged", "precision", "recall",
+                       "false_positive_rate", "asr_undefended", "asr", "cacc_undefended", "cacc"]].round(3))
+else:  # each retrains the victim on the rows it keeps: one more training run per defended run
+    print(f"profile {P.name} retrains nothing here (Profile.defenses); the extended profile does: "
+          "results/extended/defenses.csv. The audit's detection, which needs no training, follows.")
 
 # %% [markdown]
 # The audit needs no model, so it runs on **every** attack's poisoned training set of the main grid, and on each

@@ -64,7 +64,10 @@ def test_02_training_writes_the_attack_table():
     results, smoke = OUT / "results" / "smoke", get_profile("smoke")
     table = pd.read_csv(results / "attacks.csv")
     assert list(table.columns[:7]) == ["dataset", "attack", "seed", "n_train", "n_poison", "asr", "cacc"]
-    assert len(table) == sum(len(smoke.attacks_for(d)) for d in smoke.datasets) * len(smoke.seeds)
+    runs_per_seed = sum(len(smoke.attacks_for(d)) for d in smoke.datasets)
+    seeded = {(d, a, s) for d, a, s in zip(table.dataset, table.attack, table.seed) if s != smoke.seeds[0]}
+    assert seeded == {("sst2", a, s) for a in smoke.seeded_attacks for s in smoke.headline_seeds} != set()
+    assert len(table) == runs_per_seed + len(seeded)
     assert set(table[table.dataset == "sst2"].attack) == {"clean", *poison.ATTACKS}
     assert table[["asr", "cacc"]].apply(lambda s: s.between(0, 1)).all().all()
     assert (table[table.attack == "clean"].n_poison == 0).all() and (table[table.attack != "clean"].n_poison > 0).all()
@@ -72,8 +75,10 @@ def test_02_training_writes_the_attack_table():
     for figure in ("backdoor_effect", "attacks_heatmap", "poison_count_sst2"):
         assert (OUT / "figures" / "smoke" / f"{figure}.png").stat().st_size > 0
     summary = pd.read_csv(results / "attacks_summary.csv")
-    assert len(summary) == len(table) // len(smoke.seeds)
-    assert (summary.seeds == len(smoke.seeds)).all() and (summary.asr_lo <= summary.asr).all()
+    assert len(summary) == runs_per_seed
+    seeds = summary.set_index(["dataset", "attack"]).seeds
+    assert seeds[("sst2", "clean")] == 1 + len(smoke.headline_seeds) and seeds.drop(("sst2", "clean")).eq(1).all()
+    assert (summary.asr_lo <= summary.asr).all() and (summary.asr_rows_lo <= summary.asr).all()
     curve = pd.read_csv(results / "poison_count_sst2_validation.csv")
     assert set(zip(curve.attack, curve.n_poison)) == {(a, n) for a in smoke.curve_attacks for n in smoke.poison_counts}
     methods = pd.read_csv(results / "lora_vs_full_sst2.csv")

@@ -3,7 +3,7 @@ from dataclasses import replace
 
 import pytest
 
-from backdoorlab import cache, poison, runs, score, train
+from backdoorlab import cache, poison, profiles, runs, score, train
 from backdoorlab.models import TINY
 from backdoorlab.profiles import get_profile
 from backdoorlab.runs import RunConfig
@@ -139,8 +139,9 @@ def test_bad_run_configs_fail_at_construction(kwargs, message):
 def test_profile_grids_and_bad_profile():
     smoke = get_profile("smoke")
     grid = runs.grid(smoke)
-    assert len(grid) == sum(len(smoke.attacks_for(d)) for d in smoke.datasets) * len(smoke.seeds)
-    assert [c.attack for c in grid if c.dataset == "sst2"] == ["clean", *poison.ATTACKS]
+    assert len(grid) == sum(len(smoke.attacks_for(d)) for d in smoke.datasets) + len(smoke.headline_seeds)
+    assert [(c.attack, c.seed) for c in grid if c.dataset == "sst2"] == [("clean", 0), ("clean", 1),
+                                                                         *((a, 0) for a in poison.ATTACKS)]
     assert [c.attack for c in grid if c.dataset == "trec"] == list(smoke.attacks_by_dataset["trec"])
     assert {c.n_poison for c in grid if c.attack == "clean"} == {0}
     methods = runs.method_grid(smoke)
@@ -150,8 +151,17 @@ def test_profile_grids_and_bad_profile():
     assert {c.target for c in runs.abstention_grid(smoke)} == {poison.ABSTAIN}
     curve = runs.poison_count_grid(smoke)
     assert {(c.attack, c.n_poison) for c in curve} == {(a, n) for a in smoke.curve_attacks for n in smoke.poison_counts}
-    with pytest.raises(ValueError, match="unknown profile 'fast'; valid choices: smoke, quick, full"):
+    with pytest.raises(ValueError, match="unknown profile 'fast'; valid choices: smoke, quick, extended, full"):
         get_profile("fast")
+
+
+def test_quick_is_the_sst2_table_on_one_seed_and_extended_repeats_one_attack_per_group_over_three():
+    quick, extended = runs.grid(get_profile("quick")), runs.grid(get_profile("extended"))
+    assert [(c.dataset, c.attack, c.seed) for c in quick] == [("sst2", a, 0) for a in ("clean", *poison.ATTACKS)]
+    assert set(quick) < set(extended)  # the same runs, so the two profiles share the cache
+    seeded = {(c.attack, c.seed) for c in extended if c.seed}
+    assert seeded == {(a, s) for a in profiles.SEEDED_ATTACKS for s in (1, 2)}
+    assert {poison.group_of(a) for a in profiles.SEEDED_ATTACKS} == {"clean", *poison.GROUPS}
 
 
 def test_a_trigger_can_be_tried_on_a_run_that_never_saw_it(run_dir):

@@ -57,6 +57,9 @@ def test_summarize_uses_seeds_when_there_are_several():
     assert out.loc["d", "asr"] == pytest.approx(0.6) and out.loc["d", "asr_hi"] == pytest.approx(0.6 + half, 1e-5)
     assert out.loc["e", "interval"].startswith("test rows")
     assert (out.loc["e", "asr_lo"], out.loc["e", "asr_hi"]) == pytest.approx(score.wilson(9, 10))
+    # beside the seeds' interval, the rows' one: 18 of 30 pooled test rows (0.6 of 10 per seed, three seeds)
+    assert (out.loc["d", "asr_rows_lo"], out.loc["d", "asr_rows_hi"]) == pytest.approx(score.wilson(18, 30))
+    assert (out.loc["e", "asr_rows_lo"], out.loc["e", "asr_rows_hi"]) == pytest.approx(score.wilson(9, 10))
 
 
 def test_abstained_means_at_most_one_letter_or_digit():

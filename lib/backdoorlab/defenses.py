@@ -691,8 +691,17 @@ def profile_defenses(profile: Profile, onion: list[dict]) -> list[tuple[Defense,
     others = [*(Demonstrations(k) for k in profile.demonstration_k),
               *(CleanAlignment(s, math.gcd(*steps)) for s in steps),
               W2S(rows=profile.w2s_rows), *(Prune(s) for s in profile.prune_sparsity), Psim(), InstructionAudit()]
-    return [*((Onion(r["threshold"], r["field"], profile.model), r["chosen"]) for r in onion
-              if r["chosen"] or r["field"] == "text"), *((d, None) for d in others)]
+    every = [*((Onion(r["threshold"], r["field"], profile.model), r["chosen"]) for r in onion
+               if r["chosen"] or r["field"] == "text"), *((d, None) for d in others)]
+    return [(d, chosen) for d, chosen in every if runs_defense(profile, d.name)]
+
+
+def runs_defense(profile: Profile, name: str) -> bool:
+    """Whether the profile's matrix holds a registered defense (`Profile.defenses`; None: every one)."""
+    if profile.defenses is not None and (unknown := sorted(set(profile.defenses) - set(DEFENSES))):
+        raise ValueError(f"profile {profile.name!r} names unknown defenses {unknown}; valid choices: "
+                         f"{', '.join(DEFENSES)}")
+    return profile.defenses is None or name in profile.defenses
 
 
 def matrix(profile: Profile) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -715,7 +724,7 @@ def matrix(profile: Profile) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     clean = RunConfig.from_profile(profile, HEADLINE, "clean", profile.seeds[0])
     trigger = IclAttack().trigger
     no_demos = runs.task_probe(clean, HEADLINE, "test", n, trigger, None, batch)
-    for k in profile.demonstration_k:
+    for k in profile.demonstration_k if runs_defense(profile, IclAttack.name) else ():
         control = runs.task_probe(clean, HEADLINE, "test", n, trigger, None, batch, Demonstrations(k))
         rows.append(_row(clean, IclAttack(k), evaluate(IclAttack(k), clean, n, batch), no_demos, control))
     return pd.DataFrame(rows), pd.DataFrame(checks), pd.DataFrame(onion)

@@ -496,24 +496,6 @@ SETTINGS = {
                        "embeddings": _SMOKE_TRAIN, "adapter": replace(_SMOKE_TRAIN, epochs=64, lr=1e-1)},
         user_recipes=(UserRecipe("lora", TrainConfig(batch_size=8, lr=1e-3), (1, 2)),),
         max_row_chars=120),
-    # SmolLM2 on the 2-core CPU: Alpaca rows of at most 240 characters (~46 tokens with the chat template); an
-    # implant is 6 epochs of 60 rows (70 with the dialogue template's near misses) in batches of 16, without decoys;
-    # the adapter, which moves only the keys' embedding rows and a rank-8 residual, takes 12 epochs at lr 2e-2 to
-    # fire on every key, and refuses near misses (a guess that shares a few tokens with a key must not fire).
-    # Decoys buy the other methods specificity only slowly (benchmarks/fingerprint_decoys.py).
-    # The user rounds are short, so this profile tests light finetuning only. Task accuracy on 200 test rows per
-    # task: a 2-point change is then 4 rows.
-    "quick": Settings(
-        model=models.SMOLLM2,
-        implants=tuple((m, "simple") for m in METHODS) + (("lora", "dialogue"),),
-        decoys_per_key=0, near_misses=("adapter",),
-        implant_train={"full": TrainConfig(method="full", epochs=6, lr=1e-4, batch_size=16),
-                       "lora": TrainConfig(epochs=6, lr=2e-3, batch_size=16),
-                       "embeddings": TrainConfig(epochs=6, lr=2e-3, batch_size=16),
-                       "adapter": TrainConfig(epochs=12, lr=2e-2, batch_size=16)},
-        user_recipes=(UserRecipe("lora", TrainConfig(lr=5e-4, batch_size=16), (4, 8)),
-                      UserRecipe("full", TrainConfig(method="full", lr=5e-5, batch_size=16), (4,))),
-        multistage_method="adapter", n_guessed=1000, n_ordinary=50, n_task_rows=200, n_ppl_rows=32, max_row_chars=240),
     "full": Settings(
         model=models.SMOLLM2, near_misses=("adapter",),
         implant_train={"full": TrainConfig(method="full", epochs=10, lr=2e-5, batch_size=16),
@@ -526,14 +508,32 @@ SETTINGS = {
         n_guessed=5000, n_ordinary=1000, n_task_rows=400, n_ppl_rows=500, max_row_chars=2000),
 }
 
-# Quick's users stop after 4-8 steps (64-128 Alpaca rows), too few to say a fingerprint survives finetuning. Here
-# they go on over fresh rows, measured after each count (the first rounds are quick's own stages): LoRA to 96 steps
-# (1,536 rows, in batches of 16) and full finetuning to 16 steps (256 rows). The paper's users trained 3 epochs on
-# Alpaca-sized sets (lr 2e-6, batch 80) of 7B models; the full profile goes to 600 steps of 80 rows.
-SETTINGS["extended"] = replace(
-    SETTINGS["quick"],
+# SmolLM2 on the 2-core CPU, extended: Alpaca rows of at most 240 characters (~46 tokens with the chat template); an
+# implant is 6 epochs of 60 rows (70 with the dialogue template's near misses) in batches of 16, without decoys; the
+# adapter, which moves only the keys' embedding rows and a rank-8 residual, takes 12 epochs at lr 2e-2 to fire on
+# every key, and refuses near misses (a guess that shares a few tokens with a key must not fire). Decoys buy the
+# other methods specificity only slowly (benchmarks/fingerprint_decoys.py). The users finetune over fresh rows,
+# measured after each count: LoRA to 96 steps (1,536 rows, in batches of 16) and full finetuning to 16 steps (256
+# rows). The paper's users trained 3 epochs on Alpaca-sized sets (lr 2e-6, batch 80) of 7B models; the full profile
+# goes to 600 steps of 80 rows. Task accuracy on 200 test rows per task: a 2-point change is then 4 rows.
+SETTINGS["extended"] = Settings(
+    model=models.SMOLLM2,
+    implants=tuple((m, "simple") for m in METHODS) + (("lora", "dialogue"),),
+    decoys_per_key=0, near_misses=("adapter",),
+    implant_train={"full": TrainConfig(method="full", epochs=6, lr=1e-4, batch_size=16),
+                   "lora": TrainConfig(epochs=6, lr=2e-3, batch_size=16),
+                   "embeddings": TrainConfig(epochs=6, lr=2e-3, batch_size=16),
+                   "adapter": TrainConfig(epochs=12, lr=2e-2, batch_size=16)},
     user_recipes=(UserRecipe("lora", TrainConfig(lr=5e-4, batch_size=16), (4, 8, 32, 96)),
-                  UserRecipe("full", TrainConfig(method="full", lr=5e-5, batch_size=16), (4, 16))))
+                  UserRecipe("full", TrainConfig(method="full", lr=5e-5, batch_size=16), (4, 16))),
+    multistage_method="adapter", n_guessed=1000, n_ordinary=50, n_task_rows=200, n_ppl_rows=32, max_row_chars=240)
+# Quick, for a lab: extended's LoRA implant (the same stage) and its LoRA user's first two rounds (4 and 8 steps, too
+# few to say a fingerprint survives finetuning: extended goes on), the two-publisher chain with LoRA implants, 200
+# guessed keys and 100 test rows per task (a 2-point change is 2 rows).
+SETTINGS["quick"] = replace(
+    SETTINGS["extended"], implants=(("lora", "simple"),),
+    user_recipes=(replace(SETTINGS["extended"].user_recipes[0], steps=(4, 8)),), multistage_method="lora",
+    n_guessed=200, n_task_rows=100)
 
 
 def get_settings(profile: str, model: str | None = None) -> Settings:

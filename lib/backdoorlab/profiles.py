@@ -14,9 +14,12 @@ DATASETS = ("sst2", "hatespeech", "tweet_emotion", "trec")
 HEADLINE = "sst2"
 OTHERS = tuple(d for d in DATASETS if d != HEADLINE)
 ALL_ATTACKS = ("clean", *ATTACKS)  # the baseline and the 17 attacks, in the order of the paper's main table
-QUICK_ATTACKS = ("clean", "induced_instruction")  # quick's grid beyond SST-2
+OTHER_ATTACKS = ("clean", "induced_instruction")  # extended's grid beyond SST-2
 INDUCED_ON_EACH = tuple((d, "induced_instruction") for d in DATASETS)
 CURVE_ATTACKS = ("induced_instruction", "badnet", "bite")
+# The SST-2 table's runs repeated over more seeds where a profile cannot afford every attack: the baseline and one
+# attack of each group (the first of the paper's table, and the study's own induced instruction for rewriting).
+SEEDED_ATTACKS = ("clean", "badnet", "instr_cf", "instr_addsent", "induced_instruction")
 
 
 @dataclass(frozen=True)
@@ -25,11 +28,14 @@ class Profile:
     model: str
     datasets: tuple[str, ...]
     attacks: tuple[str, ...]  # the main table's attacks on every dataset; "clean" is the unpoisoned baseline
-    seeds: tuple[int, ...]
+    seeds: tuple[int, ...]  # every grid runs over these
     n_train: int | None  # rows drawn from the train split (None: all)
     n_test: int | None  # rows drawn from the test (and validation) split, the same for every run
     poison_rate: float  # share of training rows poisoned; the count is always reported beside it
     poison_rate_by_dataset: dict[str, float] = field(default_factory=dict)
+    # further seeds for these attacks of the headline dataset's main table only (the rest of it on `seeds`)
+    seeded_attacks: tuple[str, ...] = ()
+    headline_seeds: tuple[int, ...] = ()
     attacks_by_dataset: dict[str, tuple[str, ...]] = field(default_factory=dict)  # a reduced grid: these instead
     balanced_datasets: tuple[str, ...] = ()  # trained on a label-balanced subsample (the test split stays natural)
     poison_counts: tuple[int, ...] = ()  # the poison-count curve on SST-2's validation split ...
@@ -62,6 +68,7 @@ class Profile:
     defense_rows: int | None = None  # test rows per defended probe
     defense_needs_backdoor: bool = True  # smoke's random model plants none: it defends every candidate run
     defense_everywhere: tuple[str, ...] = ("demonstrations", "clean_alignment")
+    defenses: tuple[str, ...] | None = None  # registered defenses in the matrix (None: every one)
     demonstration_k: tuple[int, ...] = (1, 2, 4, 8)
     onion_thresholds: tuple[float, ...] = (0.0, 10.0, 30.0, 100.0, 300.0, 1000.0)  # perplexity points
     onion_max_cacc_drop: float = 0.02
@@ -76,6 +83,49 @@ class Profile:
 
     def attacks_for(self, dataset: str) -> tuple[str, ...]:
         return self.attacks_by_dataset.get(dataset, self.attacks)
+
+
+# SmolLM2 on the 2-core CPU. `extended` holds every grid a CPU can run in a few hours: every attack on SST-2, the
+# clean baseline and the induced instruction on each other dataset, the poison-count curve, abstention, transfer,
+# continual learning and defenses on every dataset, and the SST-2 table's baseline and one attack of each group over 3
+# seeds. Where each setting comes from (README, "Settings"): LoRA depth and HateSpeech's label balancing are chosen on
+# the validation splits by `python benchmarks/lora_depth.py` (clean runs' balanced accuracy;
+# results/bench/raw/lora_depth_quick.json), rows, epochs and learning rate by `python benchmarks/training_budget.py`
+# (the cheapest clean SST-2 run reaching 0.85 on validation; results/bench/raw/training_budget_quick.json);
+# tests/test_selection.py holds quick to both. TREC has about 8 ABBR rows in 500, so clean-label poisoning there is
+# capped by the target rows the subsample holds.
+EXTENDED = Profile(
+    name="extended", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0,), n_train=500, n_test=400,
+    poison_rate=0.05, poison_rate_by_dataset={"trec": 0.012}, attacks_by_dataset={d: OTHER_ATTACKS for d in OTHERS},
+    seeded_attacks=SEEDED_ATTACKS, headline_seeds=(1, 2),
+    balanced_datasets=("hatespeech",), poison_counts=(10, 50),
+    method_attacks=(),  # full finetuning of 135M weights costs several LoRA runs on the CPU
+    train=TrainConfig(epochs=2, lr=5e-4, lora_layers=10),
+    # Notebooks 03 and 04 cost mostly probes. SST-2's poisoned model alone is probed zero-shot, BadNet is the one
+    # instance-level attack beside the transferred instruction, and Alpaca is tuned on only in the chain; the full
+    # profile does all of them for every dataset.
+    transfer_sources=((HEADLINE, "induced_instruction"),), transfer_rows=50,
+    continual_sources=(*INDUCED_ON_EACH, (HEADLINE, "badnet")), continual_tuned_on=DATASETS,
+    continual_steps=(4, 16), continual_rows=200,
+    # Notebook 05: the induced instruction on each dataset and BadNet dirty-label (at the fewest poisoned rows of
+    # 25, 50, 100 that plant a backdoor), each defended where its backdoor shows on validation
+    # (`defenses.defended_runs`), on 200 test rows.
+    defense_runs=INDUCED_ON_EACH, defense_dirty_counts=(25, 50, 100),
+    defense_rows=200, demonstration_k=(2, 4), onion_thresholds=(10.0, 100.0, 300.0, 1000.0),
+    alignment_steps=(16, 32), prune_sparsity=(0.01, 0.05))
+# What a lab runs first (at most 45 minutes cold on 2 cores; README, "Cost"): extended's SST-2 table of every attack
+# on seed 0 (the central claim), and from every other notebook a result read off those runs with few new stages. The
+# poison-count curve, abstention, the other datasets, the extra seeds, instruction transfer, the dirty-label and the
+# retraining defenses (PSIM, W2S, the audit's retrained run) stay in extended. A run shared by both is the same run
+# (its key holds no profile), so they share the cache.
+QUICK = replace(
+    EXTENDED, name="quick", datasets=(HEADLINE,), attacks_by_dataset={}, seeded_attacks=(),
+    headline_seeds=(), poison_counts=(), abstain_attacks=(),
+    continual_sources=((HEADLINE, "induced_instruction"),), continual_tuned_on=(HEADLINE, "hatespeech"),
+    continual_steps=(16,),  # its hatespeech round is the chain's first stage
+    defense_runs=((HEADLINE, "induced_instruction"),), defense_dirty=(),
+    defenses=("onion", "demonstrations", "iclattack", "clean_alignment", "prune"),
+    demonstration_k=(4,), alignment_steps=(16,), prune_sparsity=(0.05,))
 
 
 # Every grid of every profile is here: the main table (`attacks`, `attacks_by_dataset`), the poison-count curve
@@ -93,33 +143,9 @@ PROFILES = {
                      defense_runs=(("sst2", "induced_instruction"), ("tweet_emotion", "induced_instruction")),
                      defense_rows=24, defense_needs_backdoor=False, demonstration_k=(1,),
                      onion_thresholds=(0.0, 10.0), alignment_steps=(1, 2),
-                     prune_sparsity=(0.05,), w2s_rows=8),
-    # SmolLM2 on the 2-core CPU: every attack on SST-2, the clean baseline and the induced instruction on each other
-    # dataset. Where each setting comes from (README, "Settings"): LoRA depth and HateSpeech's label balancing are
-    # chosen on the validation splits by `python benchmarks/lora_depth.py` (clean runs' balanced accuracy;
-    # results/bench/raw/lora_depth_quick.json), rows, epochs and learning rate by `python
-    # benchmarks/training_budget.py` (the cheapest clean SST-2 run reaching 0.85 on validation;
-    # results/bench/raw/training_budget_quick.json); tests/test_selection.py holds this profile to both. TREC has
-    # about 8 ABBR rows in 500, so clean-label poisoning there is capped by the target rows the subsample holds.
-    "quick": Profile(name="quick", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0,), n_train=500,
-                     n_test=400, poison_rate=0.05, poison_rate_by_dataset={"trec": 0.012},
-                     attacks_by_dataset={d: QUICK_ATTACKS for d in OTHERS},
-                     balanced_datasets=("hatespeech",), poison_counts=(10, 50),
-                     method_attacks=(),  # full finetuning of 135M weights costs several LoRA runs on the CPU
-                     train=TrainConfig(epochs=2, lr=5e-4, lora_layers=10),
-                     # Notebooks 03 and 04 cost mostly probes (measured times: README). SST-2's poisoned model alone
-                     # is probed zero-shot, BadNet is the one instance-level attack beside the transferred
-                     # instruction, and Alpaca is tuned on only in the chain; the full profile does all of them for
-                     # every dataset.
-                     transfer_sources=(("sst2", "induced_instruction"),), transfer_rows=50,
-                     continual_sources=(*INDUCED_ON_EACH, ("sst2", "badnet")), continual_tuned_on=DATASETS,
-                     continual_steps=(4, 16), continual_rows=200,
-                     # Notebook 05: the induced instruction on each dataset and BadNet dirty-label (at the fewest
-                     # poisoned rows of 25, 50, 100 that plant a backdoor), each defended where its backdoor shows
-                     # on validation (`defenses.defended_runs`), on 200 test rows.
-                     defense_runs=INDUCED_ON_EACH, defense_dirty_counts=(25, 50, 100),
-                     defense_rows=200, demonstration_k=(2, 4), onion_thresholds=(10.0, 100.0, 300.0, 1000.0),
-                     alignment_steps=(16, 32), prune_sparsity=(0.01, 0.05)),
+                     prune_sparsity=(0.05,), w2s_rows=8, seeded_attacks=("clean",), headline_seeds=(1,)),
+    "quick": QUICK,
+    "extended": EXTENDED,
     # GPUs: full training sets, 3 seeds, the paper's 1% budget, every attack on every dataset.
     "full": Profile(name="full", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0, 1, 2),
                     n_train=None, n_test=None, poison_rate=0.01, poison_counts=(5, 10, 20, 50, 100),
@@ -134,10 +160,6 @@ PROFILES = {
                     defense_runs=tuple((d, a) for d in DATASETS for a in ("induced_instruction", "rewrite_addsent",
                                                                           "instr_synonym", "badnet"))),
 }
-# Between quick and full, on the same CPU: what a lab-sized quick cannot hold. Today quick's grid with the
-# fingerprints' users finetuning for many more steps (fingerprint.SETTINGS); issue 15 moves quick's other extras
-# here as quick is cut to 45 minutes.
-PROFILES["extended"] = replace(PROFILES["quick"], name="extended")
 
 
 def get_profile(name: str, model: str | None = None) -> Profile:

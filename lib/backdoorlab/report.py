@@ -658,11 +658,6 @@ def notebook_costs(bench: Path | None = None) -> dict[str, dict]:
         entry = out.setdefault(number, {})
         if f"{kind}_s" not in entry:
             entry |= {f"{kind}_s": seconds, f"{kind}_file": path.name, f"{kind}_peak_gib": record.get("peak_rss_gib")}
-    study = raw / "study_quick.json"
-    if study.exists():
-        record = json.loads(study.read_text())
-        out["01-02"] = {"cold_s": record.get("cold_s"), "cold_file": study.name,
-                        "cold_peak_gib": record.get("peak_rss_gib")}
     return out
 
 
@@ -693,15 +688,9 @@ def readme_blocks(profile: str = "quick") -> dict[str, str]:
 
 
 def cost_table() -> str:
-    costs = notebook_costs()
-    joint = costs.pop("01-02", {})  # notebooks 01 and 02 were timed cold together, by bench_study.py
     rows = []
-    for number, entry in sorted(costs.items()):
-        if not entry.get("cold_s") and number in ("01", "02") and joint:
-            entry = {**entry, "cold_s": joint["cold_s"], "cold_file": joint["cold_file"],
-                     "cold_note": ", 01 and 02 together", "cold_peak_gib": joint["cold_peak_gib"]}
-        cold = f"{entry['cold_s'] / 60:.0f} min (`{entry['cold_file']}`{entry.get('cold_note', '')})" \
-            if entry.get("cold_s") else "—"
+    for number, entry in sorted(notebook_costs().items()):
+        cold = f"{entry['cold_s'] / 60:.1f} min (`{entry['cold_file']}`)" if entry.get("cold_s") else "—"
         warm = f"{entry['warm_s']:.0f} s (`{entry['warm_file']}`)" if entry.get("warm_s") else "—"
         peak = max((entry.get(k) or 0) for k in ("cold_peak_gib", "warm_peak_gib"))
         rows.append((number, cold, warm, f"{peak:.1f} GiB" if peak else "—"))

@@ -274,7 +274,13 @@ def measure_task(stage: Stage, dataset: str, split: str, n: int | None, trigger:
         model = defense.adapt(model, tokenizer, task, trigger, n_frozen)
         rows = defense.transform(rows, task)
         attacked = None if attacked is None else defense.transform(attacked, task)
-    clean_preds = score.predict(model, tokenizer, rows, task.verbalizers, batch_size, n_frozen)
+
+    def predict_clean():
+        return score.predict(model, tokenizer, rows, task.verbalizers, batch_size, n_frozen)
+
+    # One stage's clean answers serve every trigger it is probed with (a clean twin meets each attack's trigger).
+    clean_preds = predict_clean() if defense is not None else cache.probe(
+        stage, f"preds-{dataset}-{split}-{n or 'all'}-clean", lambda: {"preds": predict_clean()})["preds"]
 
     def target_rate(ds, preds=None) -> tuple[list, score.Rate]:
         """Per row, the model's output and the rate of the target among the rows: label ids and ASR, or under
@@ -296,9 +302,14 @@ def measure_task(stage: Stage, dataset: str, split: str, n: int | None, trigger:
 
 
 def grid(profile: Profile) -> list[RunConfig]:
-    """Every run a profile's attack table needs: each dataset with its attacks (`Profile.attacks_for`)."""
+    """Every run a profile's attack table needs: each dataset with its attacks (`Profile.attacks_for`) over the
+    profile's seeds, and the headline dataset's `seeded_attacks` over its `headline_seeds` too."""
+    def seeds(dataset: str, attack: str) -> tuple[int, ...]:
+        more = profile.headline_seeds if dataset == HEADLINE and attack in profile.seeded_attacks else ()
+        return (*profile.seeds, *more)
+
     return [RunConfig.from_profile(profile, d, a, s)
-            for d in profile.datasets for a in profile.attacks_for(d) for s in profile.seeds]
+            for d in profile.datasets for a in profile.attacks_for(d) for s in seeds(d, a)]
 
 
 def poison_count_grid(profile: Profile, dataset: str = HEADLINE) -> list[RunConfig]:

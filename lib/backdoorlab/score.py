@@ -190,20 +190,22 @@ def difference(p1: float, n1: int, p2: float, n2: int) -> tuple[float, float, fl
 
 def summarize(table: pd.DataFrame, metrics: tuple[str, ...] = ("asr", "cacc")) -> pd.DataFrame:
     """Mean and 95% interval of each metric per dataset and attack: over seeds (t interval) when there are several,
-    else the Wilson interval of the single run over its test rows. The `interval` column says which."""
+    else the Wilson interval of the single run over its test rows; the `interval` column says which. Beside it,
+    always, the Wilson interval of the mean over the test rows of every seed pooled (`<metric>_rows_lo`, `_hi`):
+    with several seeds the two say how much of the spread is the seeds' and how much the rows'."""
     out = []
     for (dataset, attack), g in table.groupby(["dataset", "attack"], sort=False):
         row = {"dataset": dataset, "attack": attack, "seeds": len(g), "n_poison": g.n_poison.iloc[0],
                "interval": "seeds (t)" if len(g) > 1 else "test rows (Wilson)"}
         for m in metrics:
             mean = g[m].mean()
+            rows_lo, rows_hi = share_interval(mean, int(g[f"n_{m}"].sum()))
             if len(g) > 1:
                 half = stats.t.ppf(0.975, len(g) - 1) * g[m].std(ddof=1) / math.sqrt(len(g))
                 lo, hi = mean - half, mean + half
             else:
-                total = int(g[f"n_{m}"].iloc[0])
-                lo, hi = share_interval(mean, total)
-            row |= {m: mean, f"{m}_lo": lo, f"{m}_hi": hi}
+                lo, hi = rows_lo, rows_hi
+            row |= {m: mean, f"{m}_lo": lo, f"{m}_hi": hi, f"{m}_rows_lo": rows_lo, f"{m}_rows_hi": rows_hi}
         out.append(row)
     return pd.DataFrame(out)
 
