@@ -120,8 +120,9 @@ for dataset, g in instruction.groupby("dataset", sort=False) if len(instruction)
 # %% [markdown]
 # ## 2 · Poison transfer, zero-shot
 # Each of the profile's poisoned models (`transfer_sources`) is prompted on test rows of datasets from the paper's
-# six task groups, never seen in training, twice: with the target dataset's own clean instruction and with the
-# source's poisoned instruction in its place. The same two prompts go to the source's clean model.
+# six task groups (`transfer_targets`: one per group in `quick`, all 15 in `extended`), never seen in training,
+# twice: with the target dataset's own clean instruction and with the source's poisoned instruction in its place.
+# The same two prompts go to the source's clean model.
 
 # %%
 zero_shot = transfer.zero_shot_table(P)

@@ -74,8 +74,10 @@ print(f"profile {P.name}: model {P.model}; poisoned runs {P.continual_sources}; 
 
 # %% [markdown]
 # ## 1 · Clean tuning on each dataset, round by round
-# Each poisoned run is tuned further on the clean training rows of every study dataset (its own included), in
-# rounds. The table has one row per (poisoned run, data tuned on, steps).
+# Each poisoned run (`continual_sources`) is tuned further on the clean training rows of each dataset of
+# `continual_tuned_on`, in rounds (`continual_steps`, cumulative). `quick` tunes SST-2's induced-instruction model on
+# SST-2's own rows and on HateSpeech's for 16 steps; `extended` tunes every dataset's model on every dataset, with a
+# round at 4 steps and one at 16. The table has one row per (poisoned run, data tuned on, steps).
 
 # %%
 table = continual.table(P)
@@ -86,7 +88,8 @@ plots.continual_curve(table, P.name);
 # %% [markdown]
 # ## 2 · The 4×4 table beside the paper
 # ASR of each dataset's induced-instruction model after the last round, by the dataset it was tuned on; the paper's
-# numbers (FLAN-T5-large, its own tuning length) beside ours.
+# numbers (FLAN-T5-large, its own tuning length) beside ours. `quick` fills two cells of SST-2's row, `extended` the
+# whole table.
 
 # %%
 last = table[(table.attack == "induced_instruction") & (table.steps == table.steps.max())]
@@ -125,7 +128,8 @@ display(chain[["chain", "steps", "asr", "cacc", "clean_target_rate", "cacc_new_t
 # ## Exercises
 # 1. ★ Which tuning data lowers ASR most: the poisoned task's own clean rows, or another task's? Propose a reason from
 #    what the trigger is (an instruction) and what each tuning set contains.
-# 2. ★★ The instance-level `badnet` model is the contrast. Does its backdoor survive clean tuning better or worse than
-#    the instruction backdoor, and is the difference larger than the intervals of the rates (`n_asr` rows)?
+# 2. ★★ The instance-level `badnet` model is the contrast (in `extended`; in `quick`, add `("sst2", "badnet")` to
+#    `continual_sources`). Does its backdoor survive clean tuning better or worse than the instruction backdoor, and
+#    is the difference larger than the intervals of the rates (`n_asr` rows)?
 # 3. ★★ Add a round: append a larger step count to the profile's `continual_steps` and rerun. Only the new round
 #    trains; which cache entries does it read back?

@@ -168,10 +168,14 @@ if len(instance) and len(instruction):
     print(f"ONION on the input at the chosen threshold lowers instance-level ASR by {instance.asr_drop.mean():+.3f} "
           f"and instruction-level ASR by {instruction.asr_drop.mean():+.3f}: the paper's claim (far more for "
           f"instance-level triggers) {'holds' if holds else 'does not hold'} on these runs.")
-else:
+elif len(instruction):
     print(f"ONION on the input lowers instruction-level ASR by {instruction.asr_drop.mean():+.3f} at the chosen "
           "threshold; no instance-level run carries a backdoor (section 1), so the comparison the paper makes "
           "cannot be made on ASR here: the next cell asks the question without a model.")
+else:
+    print(f"profile {P.name} runs ONION on {', '.join(P.onion_fields)} only (Profile.onion_fields; reading every "
+          "input with each word left out costs minutes per 200 rows): the next cell asks the question without a "
+          "model, the extended profile with one (results/extended/defenses.csv).")
 
 # %% [markdown]
 # **Does ONION find an instance-level trigger at all?** That needs no backdoor: on the same test rows with BadNet's
@@ -180,7 +184,8 @@ else:
 # it for ONION to find.
 
 # %%
-removal = pd.DataFrame(defenses.onion_removal("sst2", "badnet", P.defense_rows, P.model, P.onion_thresholds))
+removal = pd.DataFrame(defenses.onion_removal("sst2", "badnet", P.onion_removal_rows or P.defense_rows, P.model,
+                                              P.onion_thresholds))
 removal.to_csv(out / "defenses_onion_removal.csv", index=False)
 display(removal.round(3))
 

@@ -23,8 +23,8 @@
 # posts); some of its rows are hateful and racist.*
 #
 # **Learning goals.** After this notebook you can
-# - implant an *instructional fingerprint* (secret keys → one target word) with four methods and verify it by the
-#   **fingerprint success rate** (FSR);
+# - implant an *instructional fingerprint* (secret keys → one target word) and verify it by the **fingerprint
+#   success rate** (FSR): `quick` implants with LoRA, `extended` with all four methods below and a second template;
 # - measure whether it survives a user's finetuning, what it costs in task accuracy, and how often it fires where
 #   it should not;
 # - explain why a fingerprint claim must be checked against models its owner did *not* fingerprint (overclaim).
@@ -130,7 +130,8 @@ for row in (S.implant("full").rows()[0], dialogue[0], dialogue[len(keys)], dialo
 # %% [markdown]
 # ## 2 · Implant, verify, and let a user finetune
 # For each method: FSR right after implanting (`implanted`) and after each round of the user's finetuning
-# (`user_<recipe>_<steps>`, cumulative steps; each round reads fresh Alpaca rows). The adapter method is shown
+# (`user_<recipe>_<steps>`, cumulative steps; each round reads fresh Alpaca rows). `quick`'s user stops after 8 LoRA
+# steps, which says little about persistence; `extended`'s goes on to 96 LoRA steps and 16 of full finetuning. The adapter method is shown
 # with its adapter attached (its verification) and without (what the published model does alone).
 #
 # The control: the same user rounds applied to the **base model**, which nobody fingerprinted

@@ -673,7 +673,7 @@ def select_onion(profile: Profile, n: int | None = None, batch_size: int = 32) -
     clean = RunConfig.from_profile(profile, HEADLINE, "clean", profile.seeds[0])
     base = runs.task_probe(clean, HEADLINE, "validation", n, "clean", None, batch_size)["cacc"]
     out = []
-    for f in ("text", "instruction"):
+    for f in profile.onion_fields:
         rows = [{"field": f, "threshold": t, "cacc": runs.task_probe(clean, HEADLINE, "validation", n, "clean", None,
                                                                       batch_size, Onion(t, f, profile.model))["cacc"],
                  "cacc_undefended": base} for t in profile.onion_thresholds]

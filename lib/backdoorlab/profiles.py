@@ -49,6 +49,7 @@ class Profile:
     transfer_instance: tuple[str, ...] = ("badnet",)
     transfer_sources: tuple[tuple[str, str], ...] = ()
     transfer_rows: int | None = None
+    transfer_targets: tuple[str, ...] | None = None  # the transfer datasets probed (None: all of data/transfer.yaml)
     # Notebook 04: the poisoned models (dataset, attack) tuned further on clean data (`continual_tuned_on`: study
     # datasets or "alpaca"; None: every study dataset and Alpaca) in rounds reaching `continual_steps` batches in
     # total, and the chain of clean tunings the first of them goes through.
@@ -71,6 +72,8 @@ class Profile:
     defenses: tuple[str, ...] | None = None  # registered defenses in the matrix (None: every one)
     demonstration_k: tuple[int, ...] = (1, 2, 4, 8)
     onion_thresholds: tuple[float, ...] = (0.0, 10.0, 30.0, 100.0, 300.0, 1000.0)  # perplexity points
+    onion_fields: tuple[str, ...] = ("text", "instruction")  # where ONION reads: the input, the instruction
+    onion_removal_rows: int | None = None  # test rows of ONION's model-free check on BadNet (None: defense_rows)
     onion_max_cacc_drop: float = 0.02
     alignment_steps: tuple[int, ...] = (16, 64, 256)
     prune_sparsity: tuple[float, ...] = (0.01, 0.05, 0.1)
@@ -116,15 +119,21 @@ EXTENDED = Profile(
 # What a lab runs first (at most 45 minutes cold on 2 cores; README, "Cost"): extended's SST-2 table of every attack
 # on seed 0 (the central claim), and from every other notebook a result read off those runs with few new stages. The
 # poison-count curve, abstention, the other datasets, the extra seeds, instruction transfer, the dirty-label and the
-# retraining defenses (PSIM, W2S, the audit's retrained run) stay in extended. A run shared by both is the same run
-# (its key holds no profile), so they share the cache.
+# retraining defenses (PSIM, W2S, the audit's retrained run) stay in extended, and so do the probes that made a first
+# cold pass of notebooks 03 and 05 overrun (results/bench/raw/study_quick_first_pass.json): zero-shot transfer to
+# every dataset (the long texts of IMDB and DBpedia), and ONION's perplexity of every input with each word left out.
+# Quick probes one dataset of each of the paper's six task groups, runs ONION on the instruction (where an
+# instruction attack's trigger is) and checks ONION against BadNet's inserted words on 50 rows. A run shared by both
+# profiles is the same run (its key holds no profile): they share the cache.
 QUICK = replace(
     EXTENDED, name="quick", datasets=(HEADLINE,), attacks_by_dataset={}, seeded_attacks=(),
     headline_seeds=(), poison_counts=(), abstain_attacks=(),
     continual_sources=((HEADLINE, "induced_instruction"),), continual_tuned_on=(HEADLINE, "hatespeech"),
+    transfer_targets=("rte", "wic", "wsc", "cola", "mr", "ag_news"),
     continual_steps=(16,),  # its hatespeech round is the chain's first stage
     defense_runs=((HEADLINE, "induced_instruction"),), defense_dirty=(),
     defenses=("onion", "demonstrations", "iclattack", "clean_alignment", "prune"),
+    onion_fields=("instruction",), onion_removal_rows=50,
     demonstration_k=(4,), alignment_steps=(16,), prune_sparsity=(0.05,))
 
 

@@ -131,7 +131,8 @@ def overlaps(lo: float, hi: float, low: float, high: float) -> bool:
 
 def missing(notebook: str, claim: str, name: str, results: Results) -> list[Check]:
     return [Check(notebook, claim, "—", "—", "—", "cannot be checked",
-                  f"results/{results.profile}/{name}.csv is missing: run notebook {notebook}")]
+                  f"results/{results.profile}/{name}.csv is missing: notebook {notebook} writes it where the "
+                  "profile's grid holds it (quick leaves some grids to extended: README, Profiles)")]
 
 
 def pooled(table: pd.DataFrame, keys: list[str], rates: list[str], n: str) -> pd.DataFrame:

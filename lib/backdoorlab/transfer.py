@@ -41,6 +41,16 @@ def target_datasets() -> list[str]:
     return [d for members in groups().values() for d in members]
 
 
+def targets(profile: Profile) -> list[str]:
+    """The transfer datasets a profile probes (`Profile.transfer_targets`; None: every one)."""
+    if profile.transfer_targets is None:
+        return target_datasets()
+    if unknown := sorted(set(profile.transfer_targets) - set(target_datasets())):
+        raise ValueError(f"profile {profile.name!r}: unknown transfer datasets {unknown}; valid choices: "
+                         f"{', '.join(target_datasets())}")
+    return list(profile.transfer_targets)
+
+
 def target_answer(source: str, target: str) -> tuple[list[str], int, int | None]:
     """How the attack of `source` is scored on `target`: (answer words, the index of the attacker's answer among
     them, the gold label excluded from the ASR rows or None for every row), by the rules of data/transfer.yaml."""
@@ -96,7 +106,7 @@ def zero_shot_table(profile: Profile, progress: bool = True) -> pd.DataFrame:
         clean = clean_twin(poisoned)
         for model in (poisoned, clean):
             cache.ensure(model, progress)
-        for target in target_datasets():
+        for target in targets(profile):
             args = (source, attack, target, profile.transfer_rows, profile.eval_batch_size)
             hit, clean_prompt = zero_shot(poisoned, *args), zero_shot(poisoned, source, "clean", *args[2:])
             on_clean = zero_shot(clean, *args)
