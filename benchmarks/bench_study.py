@@ -4,8 +4,9 @@ a warm run cache.
 The study writes into a fresh folder ($BACKDOORLAB_OUT), so the cold pass trains every run and the committed
 results are left alone. Each notebook runs as `make study NOTEBOOKS=<it>` (the notebook, then the report), in
 order, so its cold time is its own with everything upstream cached, as the README states it. The warm pass then runs
-every notebook again over the cache the cold pass filled. Peak memory is the largest resident set of any process a
-notebook's run started (its kernel).
+every notebook again over the cache the cold pass filled, each on its own (the README's warm column: each pays its
+own kernel start, imports and report step) and then all in one `make study` (`warm_s`, the study's warm cost). Peak
+memory is the largest resident set of any process a notebook's run started (its kernel).
 
     python benchmarks/bench_study.py [--profile quick]    # study_<profile>.json, notebookNN_<profile>_{cold,warm}.json
     python benchmarks/bench_study.py --out . --warm-only  # one warm pass over the project's own run cache
@@ -25,9 +26,10 @@ from common import device_name, write
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed_make(profile: str, notebook: Path, out: str) -> tuple[float, float]:
-    """(seconds, peak resident GiB of the process tree) of `make study` for one notebook."""
-    command = ["make", "study", f"PROFILE={profile}", f"NOTEBOOKS={notebook.relative_to(ROOT)}"]
+def timed_make(profile: str, notebook: Path | None, out: str) -> tuple[float, float]:
+    """(seconds, peak resident GiB of the process tree) of `make study` for one notebook (None: every one)."""
+    only = [f"NOTEBOOKS={notebook.relative_to(ROOT)}"] if notebook else []
+    command = ["make", "study", f"PROFILE={profile}", *only]
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "BACKDOORLAB_OUT": out})
     _, status, usage = os.wait4(process.pid, 0)  # the rusage of this child and every descendant it waited for
@@ -65,13 +67,15 @@ def main():
     with tempfile.TemporaryDirectory(prefix="backdoorlab-bench-") as tmp:
         cold = None if args.warm_only else study_pass(args.profile, args.out or tmp, "cold")
         warm = study_pass(args.profile, args.out or tmp, "warm")
-    result = {"device": device_name(), "profile": args.profile,
-              "warm_s": sum(n["wall_s"] for n in warm.values()),
+        whole_warm_s, _ = timed_make(args.profile, None, args.out or tmp)
+    result = {"device": device_name(), "profile": args.profile, "warm_s": whole_warm_s,
+              "warm_notebooks_s": sum(n["wall_s"] for n in warm.values()),
               "peak_rss_gib": max(n["peak_rss_gib"] for n in (cold or warm).values()),
               "notebooks": {k: {"cold_s": (cold or {}).get(k, {}).get("wall_s"), "warm_s": v["wall_s"],
                                 "peak_rss_gib": max(v["peak_rss_gib"], (cold or {}).get(k, {}).get("peak_rss_gib", 0))}
                             for k, v in warm.items()},
-              "command": f"python benchmarks/bench_study.py --profile {args.profile}"}
+              "command": f"python benchmarks/bench_study.py --profile {args.profile}"
+                         + (" --out <the cold pass's folder> --warm-only" if args.warm_only else "")}
     if cold is not None:
         result["cold_s"] = sum(n["wall_s"] for n in cold.values())
     write(f"study_{args.profile}" + ("_warm" if args.warm_only else ""), result)

@@ -9,6 +9,7 @@ from datasets import Dataset
 
 from backdoorlab import cache, data, defenses, runs
 from backdoorlab.models import SMOLLM2, TINY
+from backdoorlab.profiles import get_profile
 from backdoorlab.train import TrainConfig
 
 FAST = TrainConfig(epochs=1, batch_size=8, lr=1e-3)
@@ -199,7 +200,6 @@ def test_psim_trains_on_random_labels_from_the_suspect_model(run_dir):
 
 
 def test_audit_table_reports_the_audit_on_every_run_of_the_grid(run_dir):
-    from backdoorlab.profiles import get_profile
 
     table = defenses.audit_table(get_profile("smoke"))
     assert len(table) == len(runs.grid(get_profile("smoke")))
@@ -223,3 +223,14 @@ def test_a_defended_probe_is_cached_under_the_defense_key(run_dir):
     assert (run.path / f"eval-sst2-test-8-induced_instruction-default-{defense.key}.json").exists()
     assert defense.key != defenses.Demonstrations(k=2).key
     assert cache.is_trained(run)
+
+
+def test_a_profile_runs_the_defenses_it_names_and_an_unknown_one_names_the_choices():
+    quick = get_profile("quick")
+    onion = [{"field": "instruction", "threshold": 10.0, "chosen": True}]
+    assert [d.name for d, _ in defenses.profile_defenses(quick, onion)] == \
+        ["onion", "demonstrations", "clean_alignment", "prune"]
+    assert {d.name for d, _ in defenses.profile_defenses(replace(quick, defenses=None), onion)} == \
+        set(defenses.DEFENSES) - {"iclattack"}  # ICLAttack attacks the clean model: matrix() adds its rows
+    with pytest.raises(ValueError, match="unknown defenses \\['onoin'\\]; valid choices: onion"):
+        defenses.profile_defenses(replace(quick, defenses=("onoin",)), onion)

@@ -62,7 +62,7 @@ def test_a_trigger_that_moves_the_clean_model_as_much_is_no_backdoor():
 def test_a_missing_results_file_cannot_be_checked_and_names_its_notebook():
     table = report.checks(Fixed({}))
     assert len(table) == len(report.CHECKS) and set(table.verdict) == {"cannot be checked"}
-    assert table.reason.str.contains("run notebook").all()
+    assert table.reason.str.contains("notebook 0").all() and table.reason.str.contains("is missing").all()
 
 
 def test_every_verdict_is_one_of_the_four():

@@ -1,11 +1,13 @@
 """Transfer: a trigger taken from another dataset, the target answer of every transfer dataset, and pair and
 multiple-choice rows that reach the prompt."""
 
+from dataclasses import replace
+
 import pytest
 
 from backdoorlab import data, poison, transfer
 from backdoorlab.models import load_tokenizer
-from backdoorlab.profiles import DATASETS
+from backdoorlab.profiles import DATASETS, get_profile
 
 
 def test_every_transfer_dataset_has_a_valid_target_answer_for_every_source():
@@ -73,3 +75,12 @@ def test_an_input_template_naming_a_missing_field_fails_clearly():
     task = data.get_task("rte")
     with pytest.raises(ValueError, match="needs field 'text_pair'"):
         data.compose_input(task, {"text": "a premise"})
+
+
+def test_a_profile_probes_its_transfer_targets_and_an_unknown_one_names_the_choices():
+    quick = get_profile("quick")
+    assert transfer.targets(quick) == list(quick.transfer_targets)
+    assert {transfer.group_of(d) for d in transfer.targets(quick)} == set(transfer.groups())  # one per group
+    assert transfer.targets(replace(quick, transfer_targets=None)) == transfer.target_datasets()
+    with pytest.raises(ValueError, match="unknown transfer datasets \\['imbd'\\]; valid choices: rte, cb"):
+        transfer.targets(replace(quick, transfer_targets=("imbd",)))

@@ -577,6 +577,24 @@ def other_datasets_table(results: Results) -> pd.DataFrame:
                                  "trigger on the clean model", "CACC clean → poisoned", "paper ASR"])
 
 
+def seeds_table(results: Results, dataset: str = "sst2") -> pd.DataFrame:
+    """The attacks of `dataset` run over several seeds (`attacks_summary.csv`): mean ASR and CACC, each with its
+    interval over seeds (t) and, beside it, over the pooled test rows (Wilson)."""
+    summary = results("attacks_summary")
+    if summary is None or "asr_rows_lo" not in summary:
+        return pd.DataFrame()
+    rows = summary[(summary.dataset == dataset) & (summary.seeds > 1)]
+
+    def spans(r, m: str) -> tuple[str, str]:
+        return (f"{getattr(r, m):.3f} [{getattr(r, f'{m}_lo'):.2f}, {getattr(r, f'{m}_hi'):.2f}]",
+                f"[{getattr(r, f'{m}_rows_lo'):.2f}, {getattr(r, f'{m}_rows_hi'):.2f}]")
+
+    return pd.DataFrame([(r.attack, r.group, int(r.seeds), *spans(r, "asr"), *spans(r, "cacc"))
+                         for r in rows.itertuples()],
+                        columns=["attack", "group", "seeds", "ASR [95% over seeds]", "[95% over test rows]",
+                                 "CACC [95% over seeds]", "[95% over test rows]"])
+
+
 def continual_table(results: Results) -> pd.DataFrame:
     """The paper's 4×4 continual-learning table beside ours: per poisoned-on (rows) and tuned-on (columns) dataset,
     our ASR after the last clean round with, in brackets, the same model's rate without the trigger, then the
@@ -672,7 +690,8 @@ def readme_blocks(profile: str = "quick") -> dict[str, str]:
             "intervals 95% (Wilson over test rows; the effect's by Newcombe's method). The paper's columns: "
             "FLAN-T5-large at 1%, 3 seeds.",
             markdown(headline_table(results)),
-            markdown(other_datasets_table(results)),
+            *([markdown(others)] if len(others := other_datasets_table(results)) else []),
+            *seeded_block(),
             "The paper's central claim on ours: " + "; ".join(f"**{r.verdict}** on {r.cell} ({r.ours})"
                                                               for r in central.itertuples()) + ".",
         ]),
@@ -686,6 +705,18 @@ def readme_blocks(profile: str = "quick") -> dict[str, str]:
         "bench": bench_table(),
     }
     return blocks
+
+
+def seeded_block(profile: str = "extended") -> list[str]:
+    """The SST-2 runs that a larger profile repeated over seeds, when its results are there."""
+    table = seeds_table(Results(profile))
+    if not len(table):
+        return []
+    chosen = get_profile(profile)
+    seeds = ", ".join(map(str, (*chosen.seeds, *chosen.headline_seeds)))
+    return [f"Profile `{profile}` repeats the baseline and one attack of each group over seeds {seeds} "
+            f"(`results/{profile}/attacks_summary.csv`; its other attacks on seed {chosen.seeds[0]} only):",
+            markdown(table)]
 
 
 def cost_table() -> str:
