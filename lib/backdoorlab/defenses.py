@@ -724,7 +724,8 @@ def matrix(profile: Profile) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     clean = RunConfig.from_profile(profile, HEADLINE, "clean", profile.seeds[0])
     trigger = IclAttack().trigger
     no_demos = runs.task_probe(clean, HEADLINE, "test", n, trigger, None, batch)
-    for k in profile.demonstration_k if runs_defense(profile, IclAttack.name) else ():
+    icl_ks = profile.demonstration_k if runs_defense(profile, IclAttack.name) else ()
+    for k in icl_ks:
         control = runs.task_probe(clean, HEADLINE, "test", n, trigger, None, batch, Demonstrations(k))
         rows.append(_row(clean, IclAttack(k), evaluate(IclAttack(k), clean, n, batch), no_demos, control))
     return pd.DataFrame(rows), pd.DataFrame(checks), pd.DataFrame(onion)
