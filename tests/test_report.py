@@ -1,6 +1,7 @@
 """The report: checks decide from intervals (and can fail), and the committed README and report.md are what the
 committed results generate."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -100,3 +101,17 @@ def test_a_dataset_the_papers_never_ran_is_reported_without_their_numbers():
     assert [c.paper for c in planted] == ["ASR —"] and planted[0].verdict == "holds"
     assert report.induced_reaches_paper_level(ours) == []  # no paper number to reach
     assert "—" in report.headline_table(ours, "imdb").to_string()
+
+
+def test_the_cost_table_shows_each_notebook_and_the_whole_study_from_the_benchmark_files(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name, record in {"notebook01_quick_cold": {"wall_s": 120.0, "peak_rss_gib": 2.0},
+                         "notebook01_quick_warm": {"wall_s": 15.0, "peak_rss_gib": 0.5},
+                         "study_quick": {"cold_s": 1800.0},
+                         "study_quick_warm": {"warm_s": 0.02, "rerun_warm_s": 91.0}}.items():
+        (raw / f"{name}.json").write_text(json.dumps(record))
+    table = report.cost_table(tmp_path)
+    assert "| 01 | 2.0 min (`notebook01_quick_cold.json`) | 15 s (`notebook01_quick_warm.json`) | 2.0 GiB |" in table
+    assert "cold, every notebook: 30.0 min" in table and "nothing changed: 0.02 s" in table
+    assert "(`make study RERUN=1`): 91 s" in table
