@@ -92,5 +92,5 @@ bench: setup  ## each benchmark runs ours and its baseline in one run; the study
 exercises: setup  ## generated from the notebooks, never edited: solution cells emptied
 	$(PY) -m backdoorlab.course exercises
 
-clean-runs:  ## forget every trained run (the cache under results/runs/)
-	rm -rf results/runs
+clean-runs:  ## forget every trained run (the cache under results/runs/) and the executed notebooks that read them
+	rm -rf results/runs results/*/notebooks

@@ -64,7 +64,7 @@ def main():
         **{f"notebook{k}_cold_s": v["cold_s"] for k, v in study.get("notebooks", {}).items()},
         "sources": sorted(sources),
     }
-    for k, v in ((k, raw[k]) for k in larger):  # larger models' MFU (random-initialised, GPU only)
+    for v in (raw[k] for k in larger):  # larger models' MFU (random-initialised, GPU only)
         summary[f"train_mfu_{v['model']}_{v['method']}"] = v["mfu"]
         summary[f"train_speedup_vs_trainer_{v['model']}_{v['method']}"] = v["speedup_vs_trainer"]
     out = args.raw.parent

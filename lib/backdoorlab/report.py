@@ -723,19 +723,22 @@ def cost_table(bench: Path | None = None) -> str:
     """Per notebook its cold and warm cost, then the whole study's (`bench_study.py`'s files), where measured."""
     rows = []
     for number, entry in sorted(notebook_costs(bench).items()):
-        cold = f"{entry['cold_s'] / 60:.1f} min (`{entry['cold_file']}`)" if entry.get("cold_s") else "—"
-        warm = f"{entry['warm_s']:.0f} s (`{entry['warm_file']}`)" if entry.get("warm_s") else "—"
+        cold_cell = f"{entry['cold_s'] / 60:.1f} min (`{entry['cold_file']}`)" if entry.get("cold_s") else "—"
+        warm_cell = f"{entry['warm_s']:.0f} s (`{entry['warm_file']}`)" if entry.get("warm_s") else "—"
         peak = max((entry.get(k) or 0) for k in ("cold_peak_gib", "warm_peak_gib"))
-        rows.append((number, cold, warm, f"{peak:.1f} GiB" if peak else "—"))
+        rows.append((number, cold_cell, warm_cell, f"{peak:.1f} GiB" if peak else "—"))
     table = markdown(pd.DataFrame(rows, columns=["notebook", "cold run cache (2-core CPU)", "warm", "peak memory"]))
     raw = Path(bench or ROOT / "results" / "bench") / "raw"
+    study = {path.stem: json.loads(path.read_text())
+             for path in (raw / "study_quick.json", raw / "study_quick_warm.json") if path.exists()}
+    cold, warm = study.get("study_quick", {}), study.get("study_quick_warm", {})
     whole = []
-    if (cold := raw / "study_quick.json").exists():
-        whole.append(f"cold, every notebook: {json.loads(cold.read_text())['cold_s'] / 60:.1f} min (`{cold.name}`)")
-    if (warm := raw / "study_quick_warm.json").exists() and "rerun_warm_s" in (record := json.loads(warm.read_text())):
-        whole.append(f"warm with nothing changed: {record['warm_s']:.2f} s (make finds every notebook up to date); "
-                     f"warm, every notebook executed again (`make study RERUN=1`): {record['rerun_warm_s']:.0f} s "
-                     f"(`{warm.name}`)")
+    if "cold_s" in cold:
+        whole.append(f"cold, every notebook: {cold['cold_s'] / 60:.1f} min (`study_quick.json`)")
+    if "rerun_warm_s" in warm:
+        whole.append(f"warm with nothing changed: {warm['warm_s']:.2f} s (make finds every notebook up to date); "
+                     f"warm, every notebook executed again (`make study RERUN=1`): {warm['rerun_warm_s']:.0f} s "
+                     "(`study_quick_warm.json`)")
     return "\n\n".join([table, *(["The whole `make study`: " + "; ".join(whole) + "."] if whole else [])])
 
 
