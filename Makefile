@@ -83,6 +83,7 @@ bench: setup  ## each benchmark runs ours and its baseline in one run; the study
 	$(PY) benchmarks/bench_train.py --method lora
 	$(PY) benchmarks/bench_train.py --method full
 	$(PY) benchmarks/profile_train.py
+	$(PY) benchmarks/bench_precision.py
 	$(PY) benchmarks/bench_score.py
 	$(PY) benchmarks/bench_fingerprint_verify.py --method lora
 	$(PY) benchmarks/lora_depth.py
