@@ -26,19 +26,21 @@ SPLIT = "validation"
 
 
 def measure(profile: profiles.Profile, dataset: str, attacks: list[str], balanced: bool = False,
-            **changes) -> list[dict]:
-    """Each attack's run on `dataset` (the profile's, with `balanced` and `changes` to its training config or row
-    count: `n_train=...`, `lora_layers=...`), scored on validation, beside the trigger on its clean twin."""
+            seed: int | None = None, **changes) -> list[dict]:
+    """Each attack's run on `dataset` (the profile's, with `balanced`, `seed` (default: the profile's first) and
+    `changes` to its training config or row count: `n_train=...`, `lora_layers=...`), scored on validation, beside
+    the trigger on its clean twin."""
     n_train = changes.pop("n_train", profile.n_train)
+    seed = profile.seeds[0] if seed is None else seed
     rows = []
     for attack in attacks:
-        cfg = runs.RunConfig.from_profile(replace(profile, n_train=n_train), dataset, attack, seed=profile.seeds[0])
+        cfg = runs.RunConfig.from_profile(replace(profile, n_train=n_train), dataset, attack, seed=seed)
         cfg = replace(cfg, balanced=balanced, train=replace(cfg.train, **changes))
         start = time.perf_counter()
         metrics = runs.evaluate(cfg, SPLIT, profile.n_test, profile.eval_batch_size)
         on_clean = runs.evaluate(runs.clean_twin(cfg), SPLIT, profile.n_test, profile.eval_batch_size,
                                  trigger=attack)
-        rows.append({"dataset": dataset, "lora_layers": cfg.train.lora_layers, "balanced": balanced,
+        rows.append({"dataset": dataset, "seed": seed, "lora_layers": cfg.train.lora_layers, "balanced": balanced,
                      "epochs": cfg.train.epochs, "lr": cfg.train.lr, "attack": attack, "split": SPLIT,
                      "n_poison": metrics["n_poison"], "n_train": metrics["n_train"],
                      "cacc": metrics["cacc"], "cacc_balanced": metrics["cacc_balanced"], "asr": metrics["asr"],

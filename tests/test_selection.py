@@ -70,6 +70,15 @@ def test_the_budget_choice_is_the_cheapest_clean_run_at_the_bar_and_ignores_asr(
     assert (nothing["epochs"], nothing["met_bar"]) == (2, False)
 
 
+def test_the_budget_choice_averages_each_setting_over_its_seeds():
+    budget = load_benchmark("training_budget")
+    rows = [{"dataset": "sst2", "attack": "clean", "seed": seed, "n_train": n, "epochs": 1, "lr": 5e-4, "cacc": c}
+            for n, seed, c in [(500, 0, 0.86), (500, 1, 0.83), (1000, 0, 0.855), (1000, 1, 0.85)]]
+    choice = budget.choose(rows, 0.85)  # 500 rows pass on seed 0 alone, not on the mean: the costlier setting wins
+    assert (choice["n_train"], choice["cacc_per_seed"]) == (1000, [0.855, 0.85])
+    assert choice["cacc"] == pytest.approx(0.8525)
+
+
 def test_the_poison_count_curve_reads_validation_only(no_test_split):
     smoke = profiles.get_profile("smoke")
     table = runs.table(runs.poison_count_grid(smoke), smoke, split="validation")
@@ -95,5 +104,7 @@ def test_quick_profile_holds_the_committed_validation_choices():
     depth = json.loads((raw / "lora_depth_quick.json").read_text())["choice"]
     assert quick.train.lora_layers == depth["lora_layers"]
     assert sorted(quick.balanced_datasets) == depth["balanced_datasets"]
-    budget = json.loads((raw / "training_budget_quick.json").read_text())["choice"]
-    assert (quick.n_train, quick.train.epochs, quick.train.lr) == (budget["n_train"], budget["epochs"], budget["lr"])
+    for name in ("training_budget_quick.json", "training_budget_quick_seeds_0_1_2.json"):
+        budget = json.loads((raw / name).read_text())["choice"]
+        assert (quick.n_train, quick.train.epochs, quick.train.lr) == (budget["n_train"], budget["epochs"],
+                                                                       budget["lr"]), name

@@ -94,8 +94,9 @@ class Profile:
 # seeds. Where each setting comes from (README, "Settings"): LoRA depth and HateSpeech's label balancing are chosen on
 # the validation splits by `python benchmarks/lora_depth.py` (clean runs' balanced accuracy;
 # results/bench/raw/lora_depth_quick.json), rows, epochs and learning rate by `python benchmarks/training_budget.py`
-# (the cheapest clean SST-2 run reaching 0.85 on validation; results/bench/raw/training_budget_quick.json);
-# tests/test_selection.py holds quick to both. TREC has about 8 ABBR rows in 500, so clean-label poisoning there is
+# (the cheapest clean SST-2 run reaching 0.85 on validation; results/bench/raw/training_budget_quick.json; over
+# seeds 0-2, `--seeds 0 1 2`, the rule on the seeds' mean picks the same setting: ..._quick_seeds_0_1_2.json);
+# tests/test_selection.py holds quick to all three. TREC has about 8 ABBR rows in 500, so clean-label poisoning there is
 # capped by the target rows the subsample holds.
 EXTENDED = Profile(
     name="extended", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0,), n_train=500, n_test=400,
