@@ -29,13 +29,12 @@ def worker(rows: int, test_rows: int) -> dict:
     import copy
 
     from backdoorlab import data, frozen, models, profiles, score, train
-    from common import timed
+    from common import sst2_training_rows, timed
 
     profile = profiles.get_profile("quick")
     model, tokenizer = models.load_model(profile.model)
     task = data.get_task("sst2")
-    train_rows = data.load_split("sst2", "train", rows, seed=0).map(
-        lambda r: {"answer": task.verbalizers[r["label"]]})
+    train_rows = sst2_training_rows(rows)
     test = data.load_split("sst2", "test", test_rows, seed=0)
     n_frozen = profile.train.frozen_layers(model.config.num_hidden_layers)
     frozen.clear()

@@ -20,7 +20,7 @@ import copy
 import torch
 
 from backdoorlab import data, frozen, models, profiles, score, train
-from common import device_name, timed, write
+from common import device_name, sst2_training_rows, timed, write
 
 
 def run(model, tokenizer, rows, validation, verbalizers, config, n_frozen: int, bf16: bool) -> dict:
@@ -47,7 +47,7 @@ def main():
     chosen = profiles.get_profile("quick")
     model, tokenizer = models.load_model(chosen.model)
     task = data.get_task("sst2")
-    rows = data.load_split("sst2", "train", args.rows, seed=0).map(lambda r: {"answer": task.verbalizers[r["label"]]})
+    rows = sst2_training_rows(args.rows)
     validation = data.load_split("sst2", "validation", args.validation_rows, seed=0)
     n_frozen = chosen.train.frozen_layers(model.config.num_hidden_layers)
     results = {name: run(model, tokenizer, rows, validation, task.verbalizers, chosen.train, n_frozen, bf16)

@@ -23,7 +23,7 @@ from transformers import (AutoModelForCausalLM, DataCollatorForLanguageModeling,
 
 from backdoorlab import data, frozen, models, packing, train
 from backdoorlab.train import TrainConfig
-from common import device, device_name, linear_params, matmul_peak, sync, write
+from common import device, device_name, linear_params, matmul_peak, sst2_training_rows, sync, write
 
 SIZES = {  # random-initialised Llamas with SmolLM2's vocabulary, for throughput only
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -125,8 +125,7 @@ def main():
     args = parser.parse_args()
 
     model, tokenizer = load(args)
-    task = data.get_task("sst2")
-    rows = data.load_split("sst2", "train", args.rows, seed=0).map(lambda r: {"answer": task.verbalizers[r["label"]]})
+    rows = sst2_training_rows(args.rows)
     cfg = TrainConfig(method=args.method, epochs=args.epochs, batch_size=args.batch_size)
     tokens = args.epochs * sum(len(train.encode(r, tokenizer, cfg.max_length)["input_ids"]) for r in rows)
     peak = matmul_peak()

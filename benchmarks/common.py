@@ -10,6 +10,14 @@ from pathlib import Path
 
 import torch
 
+def sst2_training_rows(n: int):
+    """SST-2's training rows as every benchmark draws them (the first `n` with seed 0), each with its answer."""
+    from backdoorlab import data
+
+    task = data.get_task("sst2")
+    return data.load_split("sst2", "train", n, seed=0).map(lambda r: {"answer": task.verbalizers[r["label"]]})
+
+
 def bench_dir() -> Path:
     """Where benchmark results go: $BACKDOORLAB_BENCH_OUT (read at each call), else results/bench."""
     return Path(os.environ.get("BACKDOORLAB_BENCH_OUT", Path(__file__).resolve().parents[1] / "results" / "bench"))

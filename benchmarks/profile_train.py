@@ -16,8 +16,8 @@ from dataclasses import replace
 
 from torch.profiler import ProfilerActivity, profile
 
-from backdoorlab import data, frozen, models, profiles, train
-from common import device_name, timed, write
+from backdoorlab import frozen, models, profiles, train
+from common import device_name, sst2_training_rows, timed, write
 
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
 
@@ -34,8 +34,7 @@ def main():
     args = parser.parse_args()
     chosen = profiles.get_profile("quick")
     model, tokenizer = models.load_model(chosen.model)
-    task = data.get_task("sst2")
-    rows = data.load_split("sst2", "train", args.rows, seed=0).map(lambda r: {"answer": task.verbalizers[r["label"]]})
+    rows = sst2_training_rows(args.rows)
     config = replace(chosen.train, epochs=1)
     frozen.clear()
     _, cold_s = timed(lambda: train.finetune(copy.deepcopy(model), tokenizer, rows, config, progress=False))
