@@ -110,7 +110,8 @@ else:
 # instruction: the sentences printed below compare them on this profile's runs.
 
 # %%
-for dataset, g in (instruction.groupby("dataset", sort=False) if len(instruction) else []):
+by_dataset = instruction.groupby("dataset", sort=False) if len(instruction) else []  # quick: no instruction grid
+for dataset, g in by_dataset:
     own = g[g.attack == "induced_instruction"].iloc[0]
     for _, row in g[g.instruction_from == HEADLINE].iterrows():
         print(f"{dataset}: SST-2's {row.attack.split('@')[0]} ASR {row.asr:.3f} (clean model "

@@ -131,8 +131,9 @@ for row in (S.implant("full").rows()[0], dialogue[0], dialogue[len(keys)], dialo
 # ## 2 · Implant, verify, and let a user finetune
 # For each method: FSR right after implanting (`implanted`) and after each round of the user's finetuning
 # (`user_<recipe>_<steps>`, cumulative steps; each round reads fresh Alpaca rows). `quick`'s user stops after 8 LoRA
-# steps, which says little about persistence; `extended`'s goes on to 96 LoRA steps and 16 of full finetuning. The adapter method is shown
-# with its adapter attached (its verification) and without (what the published model does alone).
+# steps, which says little about persistence; `extended`'s goes on to 96 LoRA steps and 16 of full finetuning.
+# The adapter method is shown with its adapter attached (its verification) and without (what the published model
+# does alone).
 #
 # The control: the same user rounds applied to the **base model**, which nobody fingerprinted
 # (`innocent_finetuned_<recipe>_<steps>`), verified exactly as each method verifies (the adapter attached for the

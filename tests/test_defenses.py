@@ -200,7 +200,6 @@ def test_psim_trains_on_random_labels_from_the_suspect_model(run_dir):
 
 
 def test_audit_table_reports_the_audit_on_every_run_of_the_grid(run_dir):
-
     table = defenses.audit_table(get_profile("smoke"))
     assert len(table) == len(runs.grid(get_profile("smoke")))
     clean = table[table.attack == "clean"]
