@@ -1,8 +1,10 @@
-# make study [PROFILE=quick|smoke|extended|full] [MODEL=hub-id] [RERUN=1]
+# make study [PROFILE=quick|smoke|extended|paper] [MODEL=hub-id] [RERUN=1]
 #                                         set up, then run each notebook in order whose source, library, data
 #                                         or environment changed since it last ran (RERUN=1: every one)
 # make test                               set up, then unit tests + every notebook under the smoke profile
 # make bench                              benchmarks against their baselines -> results/bench/summary.{json,md}
+# make bench-gpu                          a paper-scale run vs transformers.Trainer and the code before, and where
+#                                         a step's time goes (no GPU: the tiny model and SmolLM2 on a few rows)
 # make exercises                          student copies of the notebooks, solution cells emptied -> exercises/
 # make setup                              only install (into the active conda/venv environment, else ./.venv)
 
@@ -47,7 +49,7 @@ README_FLAG := $(if $(and $(filter quick,$(PROFILE)),$(if $(MODEL)$(BACKDOORLAB_
 # A notebook that fails (or is interrupted) leaves no executed copy behind, so the next study runs it again.
 .DELETE_ON_ERROR:
 
-.PHONY: setup study test bench exercises clean-runs FORCE
+.PHONY: setup study test bench bench-gpu exercises clean-runs FORCE
 setup: $(STAMP)
 
 $(STAMP): requirements.txt requirements-model.txt pyproject.toml
@@ -89,6 +91,10 @@ bench: setup  ## each benchmark runs ours and its baseline in one run; the study
 	$(PY) benchmarks/lora_depth.py
 	$(PY) benchmarks/bench_study.py --profile $(PROFILE)
 	$(PY) benchmarks/summary.py
+
+bench-gpu: setup  ## on a GPU minutes; on a 2-core CPU a few minutes at the small sizes
+	$(PY) benchmarks/bench_gpu.py
+	$(PY) benchmarks/profile_gpu.py
 
 exercises: setup  ## generated from the notebooks, never edited: solution cells emptied
 	$(PY) -m backdoorlab.course exercises

@@ -51,10 +51,17 @@ def worker(rows: int, test_rows: int) -> dict:
 
 def run(script: str, lib: Path, *args: str) -> dict:
     """The JSON a benchmark script's worker prints last, run in its own process on the library in `lib`."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(lib), str(ROOT / "benchmarks")])}
-    out = subprocess.run([sys.executable, script, "--worker", *args], env=env, check=True, capture_output=True,
-                         text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    from backdoorlab import data
+
+    mirror = data.data_dir()  # found beside this checkout: a library exported elsewhere would not find it
+    # the library under test first, then whatever else the environment had put there (wheels carried to a machine)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(lib), str(ROOT / "benchmarks"),
+                                                        *filter(None, [os.environ.get("PYTHONPATH")])]),
+           **({"BACKDOORLAB_DATA": str(mirror)} if mirror else {})}
+    done = subprocess.run([sys.executable, script, "--worker", *args], env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the worker on {lib} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @contextmanager

@@ -18,7 +18,7 @@ TARGETS = {  # the issues' targets on the 2-core machine, for the table's last c
     "train_speedup_vs_previous": ">= 1.5", "score_speedup_vs_generate": ">= 2 (cold pass)",
     "score_agreement": ">= 0.99", "quick_cold_s": "<= 2700", "quick_warm_s": "<= 30 (make study, nothing changed)",
     "quick_rerun_warm_s": "(make study RERUN=1: every notebook executed again)", "peak_rss_gib": "<= 4",
-    "train_mfu": "(GPU: >= 0.40)",
+    "train_mfu": "(GPU: >= 0.40)", "paper_train_speedup_vs_trainer_smollm2_gpu": ">= 5 (issue 27)",
 }
 
 
@@ -36,8 +36,10 @@ def main():
     scoring, study, packing = raw.get("score", {}), raw.get("study_quick", {}), raw.get("packing", {})
     memory = raw.get("memory_user_round", {})
     larger = [k for k, v in raw.items() if k.startswith("train_") and v.get("model") != SMOLLM2]
+    paper_runs = [k for k, v in raw.items() if k.startswith("gpu_") and "run_speedup_vs_before" in v]  # bench_gpu
     sources = [k for k in [f"train_lora_{SMOLLM2}", f"train_full_{SMOLLM2}", "score", "packing", "memory_user_round",
-                           "fingerprint_verify_lora", "study_quick", "study_quick_warm", *larger] if k in raw]
+                           "fingerprint_verify_lora", "study_quick", "study_quick_warm", *larger, *paper_runs]
+               if k in raw]
     summary = {
         # the machines of the files read here (each names its own); the other raw files are studies, not speed
         "device": "; ".join(sorted({raw[k]["device"] for k in sources if raw[k].get("device")})),
@@ -64,6 +66,13 @@ def main():
         **{f"notebook{k}_cold_s": v["cold_s"] for k, v in study.get("notebooks", {}).items()},
         "sources": sorted(sources),
     }
+    for v in (raw[k] for k in paper_runs):  # the paper profile's run, ours vs the code before the GPU path
+        where = f"{v['model'].split('-')[0]}_{'cpu' if 'threads' in v['device'] else 'gpu'}"
+        summary[f"paper_run_speedup_vs_before_{where}"] = v["run_speedup_vs_before"]
+        summary[f"paper_run_host_share_{where}"] = v["ours"]["host_share"]
+        summary[f"paper_run_host_share_before_{where}"] = v["before"]["host_share"]
+        summary[f"paper_train_speedup_vs_trainer_{where}"] = v.get("train_speedup_vs_trainer")
+        summary[f"paper_train_mfu_{where}"] = v["mfu"]
     for v in (raw[k] for k in larger):  # larger models' MFU (random-initialised, GPU only)
         summary[f"train_mfu_{v['model']}_{v['method']}"] = v["mfu"]
         summary[f"train_speedup_vs_trainer_{v['model']}_{v['method']}"] = v["speedup_vs_trainer"]

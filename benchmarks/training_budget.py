@@ -11,6 +11,8 @@ nothing.
 
     python benchmarks/training_budget.py     # quick -> results/bench/raw/training_budget_quick.json
     python benchmarks/training_budget.py --attacks clean --seeds 0 1 2   # training_budget_quick_seeds_0_1_2.json
+    python benchmarks/training_budget.py --profile paper --settings all:3:1e-5 all:3:3e-5 all:3:1e-4 \
+        --attacks clean --most-accurate                                  # a GPU: training_budget_paper.json
 """
 
 from __future__ import annotations
@@ -24,25 +26,29 @@ from lora_depth import SPLIT, measure
 
 
 def parse(setting: str) -> dict:
-    """`rows:epochs:learning-rate`, e.g. `500:2:5e-4`."""
+    """`rows:epochs:learning-rate`, e.g. `500:2:5e-4`; rows `all` for the whole train split."""
     try:
         n_train, epochs, lr = setting.split(":")
-        return {"n_train": int(n_train), "epochs": int(epochs), "lr": float(lr)}
+        return {"n_train": None if n_train == "all" else int(n_train), "epochs": int(epochs), "lr": float(lr)}
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{setting!r} is not rows:epochs:learning-rate, e.g. 500:2:5e-4") from None
+        raise argparse.ArgumentTypeError(f"{setting!r} is not rows:epochs:learning-rate, e.g. 500:2:5e-4 or "
+                                         "all:3:3e-5") from None
 
 
-def choose(rows: list[dict], bar: float) -> dict:
+def choose(rows: list[dict], bar: float | None) -> dict:
+    """The rule of the module docstring; with `bar` None, the most accurate setting."""
     clean = [r for r in rows if r["attack"] == "clean"]
     by_setting: dict[tuple, list[float]] = {}
     for r in clean:
         by_setting.setdefault((r["n_train"], r["epochs"], r["lr"]), []).append(r["cacc"])
     cacc = {setting: mean(values) for setting, values in by_setting.items()}
     cost = lambda s: (s[0] * s[1], s[2])  # noqa: E731  row-epochs, then the learning rate
-    passing = [s for s, c in cacc.items() if c >= bar]
+    passing = [] if bar is None else [s for s, c in cacc.items() if c >= bar]
     best = min(passing, key=cost) if passing else max(cacc, key=cacc.get)
-    return {"rule": f"clean {clean[0]['dataset']} run, accuracy on {SPLIT} (mean over the seeds run): the fewest "
-                    f"row-epochs reaching {bar} (then the lower learning rate); else the most accurate",
+    rule = f"clean {clean[0]['dataset']} run, accuracy on {SPLIT} (mean over the seeds run): " + (
+        "the most accurate" if bar is None else
+        f"the fewest row-epochs reaching {bar} (then the lower learning rate); else the most accurate")
+    return {"rule": rule,
             "n_train": best[0], "epochs": best[1], "lr": best[2], "cacc": cacc[best],
             "cacc_per_seed": by_setting[best], "met_bar": bool(passing)}
 
@@ -58,6 +64,8 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--attacks", nargs="+", default=["clean", "induced_instruction"],
                         help="'clean' first; the attacks are measured for the report, not for the choice")
     parser.add_argument("--bar", type=float, default=0.85, help="validation accuracy the clean run must reach")
+    parser.add_argument("--most-accurate", action="store_true",
+                        help="no budget to save: choose the most accurate setting (the paper profile's rule)")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds each setting is trained with, its accuracy "
                                                              "their mean (default: the profile's first seed)")
     args = parser.parse_args(argv)
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None):
             rows += measure(profile, args.dataset, args.attacks, args.dataset in profile.balanced_datasets, seed,
                             **setting)
     name = f"training_budget_{profile.name}" + (f"_seeds_{'_'.join(map(str, seeds))}" if args.seeds else "")
-    write(name, {"device": device_name(), "profile": profile.name, "seeds": seeds, "choice": choose(rows, args.bar),
+    write(name, {"device": device_name(), "profile": profile.name, "seeds": seeds, "choice": choose(rows, None if args.most_accurate else args.bar),
                  "runs": rows})
 
 

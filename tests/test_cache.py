@@ -97,6 +97,26 @@ def test_a_loaded_chain_is_the_model_its_last_stage_trained(run_dir, monkeypatch
     assert any(not torch.equal(v, base.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 
+def test_on_a_gpu_a_loaded_model_is_kept_and_each_caller_gets_its_own_copy(run_dir, monkeypatch):
+    """The GPU path (here the CPU stands in for it): a second load reads nothing from disk, and what one caller does
+    to its copy (a pruning defense, say) never reaches the next."""
+    monkeypatch.setattr(cache, "gpu", lambda: "cpu")
+    monkeypatch.setattr(cache, "_loaded", cache.OrderedDict())
+    run = poisoned()
+    cache.ensure(run, progress=False)
+    first, _ = cache.load(run)
+    reads = []
+    monkeypatch.setattr(cache.models, "load_model", lambda *a, **k: reads.append(a))
+    with torch.no_grad():
+        next(first.parameters()).zero_()
+    second, _ = cache.load(run)
+    assert reads == [] and second is not first
+    assert next(second.parameters()).abs().sum() > 0
+    with pytest.raises(TypeError):  # another stage is read from disk (here: the stub that records the read)
+        cache.load(poisoned(seed=1))
+    assert len(reads) == 1
+
+
 def test_a_probe_on_another_datasets_rows_never_reads_the_source_datasets_entry(run_dir, monkeypatch):
     run = poisoned()
     own = runs.evaluate(run, "test", 8)

@@ -75,3 +75,14 @@ def test_a_row_shorter_than_its_tail_fills_the_end_of_its_slot_and_an_empty_row_
     assert packs.ids[p, positions].tolist() == [1, 2] and positions.tolist() == packs.tail_positions()[1:3].tolist()
     with pytest.raises(ValueError, match="no tokens"):
         packing.pack([[]])
+
+
+def test_packs_on_a_gpu_never_use_cudnn_attention():
+    """cuDNN's SDPA set itself up anew for each pack width (benchmarks/profile_gpu.py); elsewhere nothing changes."""
+    import torch
+
+    assert packing.attention_kernels(torch.device("cpu")).__class__.__name__ == "nullcontext"
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with packing.attention_kernels(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before

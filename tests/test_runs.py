@@ -151,7 +151,7 @@ def test_profile_grids_and_bad_profile():
     assert {c.target for c in runs.abstention_grid(smoke)} == {poison.ABSTAIN}
     curve = runs.poison_count_grid(smoke)
     assert {(c.attack, c.n_poison) for c in curve} == {(a, n) for a in smoke.curve_attacks for n in smoke.poison_counts}
-    with pytest.raises(ValueError, match="unknown profile 'fast'; valid choices: smoke, quick, extended, full"):
+    with pytest.raises(ValueError, match="unknown profile 'fast'; valid choices: smoke, quick, extended, paper"):
         get_profile("fast")
 
 
@@ -259,3 +259,36 @@ def test_an_idea_is_tried_without_editing_the_attack_file(run_dir):
     assert twin.spec == () and list(twin.path.glob("eval-validation-16-trigger-induced_instruction-spec-*.json"))
     with pytest.raises(ValueError, match="valid choices: badnet_words"):
         runs.try_attack(smoke, "sst2", "induced_instruction", induced_instruction_typo="x")
+
+
+def test_a_launch_restricted_by_table_dataset_seed_and_attack_keeps_each_run_with_its_twins_evaluation():
+    paper = profiles.miniature(get_profile("paper"))
+    table = runs.shard(paper, 0, 1, tables=("attacks",), datasets=("sst2",), seeds=(0,))
+    assert {(c.dataset, c.seed) for c, _, _ in table} == {("sst2", 0)}
+    assert len({c.trained_as.key for c, _, _ in table}) == 1 + len(poison.ATTACKS)  # the SST-2 table's 18 runs
+    picked = runs.shard(paper, 0, 1, tables=("attacks",), datasets=("sst2",), seeds=(1,), attacks=("badnet",))
+    assert {(c.attack, c.seed, trigger) for c, _, trigger in picked} == {("badnet", 1, "badnet"),
+                                                                         ("clean", 1, "badnet")}
+    with pytest.raises(ValueError, match="unknown tables \\['nope'\\]; valid choices: curve, attacks"):
+        runs.study(paper, ("nope",))
+
+
+def test_the_paper_profile_launches_end_to_end_on_the_tiny_model_and_a_second_launch_reads_it_back(
+        run_dir, monkeypatch):
+    """`runs launch --profile paper --smoke`: the paper profile's training configs (full finetuning, its LoRA
+    variant) and grids on the tiny model; what a GPU runs at scale."""
+    record = run_dir / "launch.json"
+    argv = ["launch", "--profile", "paper", "--smoke", "--tables", "attacks", "methods", "--datasets", "sst2",
+            "--seeds", "0", "--attacks", "clean", "induced_instruction", "--record", str(record)]
+    runs.main(argv)
+    saved = json.loads(record.read_text())
+    assert saved["profile"] == "paper-smoke" and saved["evaluations"] == saved["of"] == len(saved["jobs"]) > 0
+    assert (saved["train"]["method"], saved["train"]["epochs"]) == ("full", 3)
+    methods = {RunConfig.load(cache.runs_dir() / job["run"]).train.method for job in saved["jobs"]}
+    assert methods == {"full", "lora"}
+    monkeypatch.setattr(cache, "finetune", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(score, "predict", lambda *a, **k: pytest.fail("a finished evaluation was run again"))
+    runs.main(argv)
+    assert not any(job["trained"] for job in json.loads(record.read_text())["jobs"])
+    with pytest.raises(SystemExit):
+        runs.main([*argv, "--lr", "0"])

@@ -70,6 +70,32 @@ def test_the_budget_choice_is_the_cheapest_clean_run_at_the_bar_and_ignores_asr(
     assert (nothing["epochs"], nothing["met_bar"]) == (2, False)
 
 
+def test_without_a_bar_the_budget_choice_is_the_most_accurate_setting_and_all_rows_read_as_none():
+    """The paper profile has no budget to save: its learning rate is the most accurate clean run's, whatever it
+    costs; `all` names the whole train split."""
+    budget = load_benchmark("training_budget")
+    rows = [{"dataset": "sst2", "attack": a, "n_train": 6920, "epochs": 3, "lr": lr, "cacc": c}
+            for a, lr, c in [("clean", 1e-5, 0.90), ("clean", 3e-5, 0.92), ("clean", 1e-4, 0.91),
+                             ("induced_instruction", 1e-4, 0.99)]]
+    choice = budget.choose(rows, None)
+    assert (choice["lr"], choice["met_bar"]) == (3e-5, False) and "most accurate" in choice["rule"]
+    assert budget.choose(rows, 0.9)["lr"] == 1e-5  # with a bar: the cheapest (then lowest rate) reaching it
+    assert budget.parse("all:3:3e-5") == {"n_train": None, "epochs": 3, "lr": 3e-5}
+    with pytest.raises(Exception, match="rows:epochs:learning-rate"):
+        budget.parse("all:3")
+
+
+def test_the_paper_profile_holds_its_committed_learning_rate_choice_once_one_is_made():
+    """Until a GPU session commits the validation choice, the paper profile's rate is the provisional middle of the
+    candidates (README, "Paper scale on one GPU"); once committed, the profile must hold it."""
+    chosen = data.PROJECT_DIR / "results" / "bench" / "raw" / "training_budget_paper.json"
+    paper = profiles.get_profile("paper")
+    if chosen.exists():
+        assert paper.train.lr == json.loads(chosen.read_text())["choice"]["lr"]
+    else:
+        assert paper.train.lr == 3e-5
+
+
 def test_the_budget_choice_averages_each_setting_over_its_seeds():
     budget = load_benchmark("training_budget")
     rows = [{"dataset": "sst2", "attack": "clean", "seed": seed, "n_train": n, "epochs": 1, "lr": 5e-4, "cacc": c}

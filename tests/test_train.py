@@ -42,6 +42,8 @@ def test_length_grouped_batches_cover_every_row_once_per_epoch_deterministically
     a = train.LengthGroupedBatches(lengths, 8, seed=1, group=2)
     first = list(a)
     assert sorted(i for batch in first for i in batch) == list(range(53)) and len(first) == len(a) == 7
+    assert list(a) == first  # iterated again in the same epoch (a DataLoader with workers does): the same order
+    a.set_epoch(1)
     assert list(a) != first  # a new order in the next epoch
     assert list(train.LengthGroupedBatches(lengths, 8, seed=1, group=2)) == first
 
@@ -126,7 +128,8 @@ def test_seq2seq_models_train_and_score_through_the_same_api(tiny):
     assert abs(got[0, 0].item() - want) < 1e-4
 
 
-def test_training_killed_after_an_epoch_resumes_to_the_same_weights(tiny, rows, tmp_path):
+def test_training_killed_after_an_epoch_resumes_to_the_same_weights(tiny, rows, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "CHECKPOINT_EVERY_S", 0.0)  # every epoch saved, however short
     data = sft_rows(rows) * 2  # 16 rows, batch 8: 2 steps per epoch
     cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2)
     whole = train.finetune(copy.deepcopy(tiny[0]), tiny[1], data, cfg, seed=1, progress=False)
@@ -153,3 +156,25 @@ def test_training_killed_after_an_epoch_resumes_to_the_same_weights(tiny, rows, 
     assert calls["n"] == -100 + 2  # only the third epoch ran again
     for (name, p), q in zip(whole.named_parameters(), resumed.parameters()):
         torch.testing.assert_close(p, q, msg=name)
+
+
+def test_batch_packing_workers_train_the_same_weights(tiny, rows, monkeypatch):
+    """A GPU packs batches in worker processes (`train.loader_options`); the weights must not depend on it."""
+    data, cfg = sft_rows(rows) * 2, TrainConfig(method="full", epochs=2, batch_size=4, lr=1e-2)
+    alone = train.finetune(copy.deepcopy(tiny[0]), tiny[1], data, cfg, progress=False)
+    monkeypatch.setattr(train, "loader_options", lambda device: {"num_workers": 2, "persistent_workers": True})
+    workers = train.finetune(copy.deepcopy(tiny[0]), tiny[1], data, cfg, progress=False)
+    for (name, p), q in zip(alone.named_parameters(), workers.parameters()):
+        torch.testing.assert_close(p, q, msg=name)
+
+
+def test_epochs_shorter_than_the_checkpoint_interval_write_no_checkpoint(tiny, rows, tmp_path, monkeypatch):
+    """Saving the optimizer's state after each of a GPU run's few-second epochs would cost more than the epoch."""
+    checkpoint = tmp_path / "checkpoint.pt"
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2)
+    monkeypatch.setattr(train, "CHECKPOINT_EVERY_S", 3600.0)
+    train.finetune(copy.deepcopy(tiny[0]), tiny[1], sft_rows(rows), cfg, progress=False, checkpoint=checkpoint)
+    assert not checkpoint.exists()
+    monkeypatch.setattr(train, "CHECKPOINT_EVERY_S", 0.0)
+    train.finetune(copy.deepcopy(tiny[0]), tiny[1], sft_rows(rows), cfg, progress=False, checkpoint=checkpoint)
+    assert torch.load(checkpoint, weights_only=True)["epochs_done"] == 1

@@ -16,6 +16,7 @@ half-written entry and the next call redoes only what is missing; a damaged entr
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -24,6 +25,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path, PurePosixPath
 
@@ -260,16 +262,38 @@ def apply_weights(model, weights: Path):
 
 def load(stage: Stage | None, model_name: str | None = None, place: bool = True):
     """(model, tokenizer) of a trained stage (None or `Base`: the base model `model_name`), every LoRA merged, on
-    the GPU when there is one (with `place`) and in eval mode."""
+    the GPU when there is one (with `place`) and in eval mode. On a GPU the last `LOADED_ON_GPU` models are kept
+    there and each call gets its own copy (a device-to-device copy instead of reading and moving the weights
+    again: a clean run is probed with every attack's trigger in turn); callers may change their copy."""
     model_name = stage.model if stage is not None else model_name
+    device = gpu() if place else None
+    chain = [] if stage is None else stage.chain()
+    memo_key = (model_name, tuple(s.key for s in chain))
+    if device and memo_key in _loaded:
+        _loaded.move_to_end(memo_key)
+        model, tokenizer = _loaded[memo_key]
+        return copy.deepcopy(model), tokenizer
     model, tokenizer = models.load_model(model_name)
-    for s in ([] if stage is None else stage.chain()):
+    for s in chain:
         if not is_trained(s):
             raise FileNotFoundError(f"stage {s.path.name} is not trained; cache.ensure(stage) trains it")
         model = apply_weights(model, s.path / WEIGHTS)
     if place:
-        model = model.to("cuda" if torch.cuda.is_available() else "cpu")
-    return model.eval(), tokenizer
+        model = model.to(device or "cpu")
+    model.eval()
+    if device:
+        _loaded[memo_key] = (copy.deepcopy(model), tokenizer)
+        while len(_loaded) > LOADED_ON_GPU:
+            _loaded.popitem(last=False)
+    return model, tokenizer
+
+
+def gpu() -> str | None:
+    return "cuda" if torch.cuda.is_available() else None
+
+
+LOADED_ON_GPU = 2
+_loaded: OrderedDict = OrderedDict()
 
 
 # ---- probes ---------------------------------------------------------------------------------------------------------

@@ -496,7 +496,7 @@ SETTINGS = {
                        "embeddings": _SMOKE_TRAIN, "adapter": replace(_SMOKE_TRAIN, epochs=64, lr=1e-1)},
         user_recipes=(UserRecipe("lora", TrainConfig(batch_size=8, lr=1e-3), (1, 2)),),
         max_row_chars=120),
-    "full": Settings(
+    "paper": Settings(
         model=models.SMOLLM2, near_misses=("adapter",),
         implant_train={"full": TrainConfig(method="full", epochs=10, lr=2e-5, batch_size=16),
                        "lora": TrainConfig(epochs=10, lr=1e-3, batch_size=16, lora_layers=None),
@@ -514,7 +514,7 @@ SETTINGS = {
 # every key, and refuses near misses (a guess that shares a few tokens with a key must not fire). Decoys buy the
 # other methods specificity only slowly (benchmarks/fingerprint_decoys.py). The users finetune over fresh rows,
 # measured after each count: LoRA to 96 steps (1,536 rows, in batches of 16) and full finetuning to 16 steps (256
-# rows). The paper's users trained 3 epochs on Alpaca-sized sets (lr 2e-6, batch 80) of 7B models; the full profile
+# rows). The paper's users trained 3 epochs on Alpaca-sized sets (lr 2e-6, batch 80) of 7B models; the paper profile
 # goes to 600 steps of 80 rows. Task accuracy on 200 test rows per task: a 2-point change is then 4 rows.
 SETTINGS["extended"] = Settings(
     model=models.SMOLLM2,

@@ -15,6 +15,7 @@ the row's own text, `data.prompt_prefix`), never inferred from which rows share 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -126,6 +127,17 @@ def attention_mask(model, mask: torch.Tensor) -> torch.Tensor:
         return mask
     dtype = next(model.parameters()).dtype
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
+def attention_kernels(device: torch.device):
+    """Where packs run, the attention kernels they may use: on a GPU every SDPA kernel but cuDNN's, which sets
+    itself up on the CPU for each new pack width, and pack widths change every batch (benchmarks/profile_gpu.py
+    measures what it costs); elsewhere any."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def prefix_lengths(tokenizer, sequences: list[list[int]], prefixes: list[str]) -> list[int]:

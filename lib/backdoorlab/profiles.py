@@ -40,7 +40,9 @@ class Profile:
     balanced_datasets: tuple[str, ...] = ()  # trained on a label-balanced subsample (the test split stays natural)
     poison_counts: tuple[int, ...] = ()  # the poison-count curve on SST-2's validation split ...
     curve_attacks: tuple[str, ...] = CURVE_ATTACKS  # ... for these attacks
-    method_attacks: tuple[str, ...] = ("badnet", "induced_instruction")  # LoRA vs full finetuning on SST-2
+    method_attacks: tuple[str, ...] = ("badnet", "induced_instruction")  # LoRA vs full finetuning on SST-2 ...
+    method_train: dict[str, TrainConfig] = field(default_factory=dict)  # ... each method's config (default: `train`
+    # with that method)
     abstain_attacks: tuple[str, ...] = ("induced_instruction",)  # the abstention variant on SST-2
     # Notebook 03: SST-2's instructions reused on the other datasets (beside each one's own induced instruction and
     # `transfer_instance` attacks), and the poisoned models (dataset, attack) probed zero-shot on `transfer_rows`
@@ -86,6 +88,10 @@ class Profile:
 
     def attacks_for(self, dataset: str) -> tuple[str, ...]:
         return self.attacks_by_dataset.get(dataset, self.attacks)
+
+    def train_for(self, method: str) -> TrainConfig:
+        """The training config of a method in the LoRA-vs-full comparison."""
+        return self.method_train.get(method, replace(self.train, method=method))
 
 
 # SmolLM2 on the 2-core CPU. `extended` holds every grid a CPU can run in a few hours: every attack on SST-2, the
@@ -138,6 +144,29 @@ QUICK = replace(
     demonstration_k=(4,), alignment_steps=(16,), prune_sparsity=(0.05,))
 
 
+# The papers' own budget on one GPU (docs/papers.md, "Setting"; the README's "Settings" table gives each source):
+# whole training and test splits, 1% clean-label poison (SST-2: 69 of 6,920), 3 epochs, seeds 0-2, and full
+# finetuning, as the paper tunes FLAN-T5. The paper gives no learning rate or batch size: the batch is 64 rows (a
+# GPU's batch, 325 steps for 3 epochs of SST-2), the learning rate the most accurate of 1e-5, 3e-5 and 1e-4 for a
+# clean SST-2 run on validation (`python benchmarks/training_budget.py --profile paper ...`, run by
+# `benchmarks/paper_gpu.sh`; results/bench/raw/training_budget_paper.json; tests/test_selection.py holds it). LoRA on
+# every layer is the named variant of the LoRA-vs-full comparison. The poison-count curve at the paper's counts;
+# continual learning as the paper ran it: each poisoned model tuned fully on each dataset's clean training rows, after
+# about one and three epochs of SST-2's size (109 and 325 steps of 64 rows); transfer and defenses at scale. A GPU
+# runs it: `python -m backdoorlab.runs launch --profile paper` (README, "Paper scale on one GPU").
+PAPER_TRAIN = TrainConfig(method="full", epochs=3, lr=3e-5, batch_size=64, lora_layers=None)
+PAPER = Profile(
+    name="paper", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0, 1, 2), n_train=None,
+    n_test=None, poison_rate=0.01, poison_counts=(10, 30, 50, 100), train=PAPER_TRAIN,
+    method_train={"lora": replace(PAPER_TRAIN, method="lora", lr=2e-4)}, eval_batch_size=256,
+    transfer_attacks=("induced_instruction", "rewrite_addsent", "rewrite_random", "rewrite_style", "rewrite_syntactic"),
+    transfer_instance=("badnet", "addsent", "style", "syntactic", "bite"),
+    transfer_sources=tuple((d, a) for d in DATASETS for a in ("induced_instruction", "badnet")), transfer_rows=1000,
+    continual_sources=INDUCED_ON_EACH, continual_tuned_on=DATASETS, continual_steps=(109, 325),
+    defense_runs=tuple((d, a) for d in DATASETS for a in ("induced_instruction", "rewrite_addsent", "instr_synonym",
+                                                          "badnet")))
+
+
 # Every grid of every profile is here: the main table (`attacks`, `attacks_by_dataset`), the poison-count curve
 # (`poison_counts`, `curve_attacks`), LoRA vs full (`method_attacks`), abstention (`abstain_attacks`), transfer
 # (`transfer_*`) and continual learning (`continual_*`).
@@ -156,20 +185,17 @@ PROFILES = {
                      prune_sparsity=(0.05,), w2s_rows=8, seeded_attacks=("clean",), headline_seeds=(1,)),
     "quick": QUICK,
     "extended": EXTENDED,
-    # GPUs: full training sets, 3 seeds, the paper's 1% budget, every attack on every dataset.
-    "full": Profile(name="full", model=SMOLLM2, datasets=DATASETS, attacks=ALL_ATTACKS, seeds=(0, 1, 2),
-                    n_train=None, n_test=None, poison_rate=0.01, poison_counts=(5, 10, 20, 50, 100),
-                    train=TrainConfig(epochs=3, lr=2e-4, lora_layers=None), eval_batch_size=128,
-                    transfer_attacks=("induced_instruction", "rewrite_addsent", "rewrite_random", "rewrite_style",
-                                      "rewrite_syntactic"),
-                    transfer_instance=("badnet", "addsent", "style", "syntactic", "bite"),
-                    transfer_sources=tuple((d, a) for d in DATASETS for a in ("induced_instruction", "badnet")),
-                    transfer_rows=1000,
-                    continual_sources=tuple((d, a) for d in DATASETS for a in ("induced_instruction", "badnet")),
-                    continual_steps=(50, 200, 600),
-                    defense_runs=tuple((d, a) for d in DATASETS for a in ("induced_instruction", "rewrite_addsent",
-                                                                          "instr_synonym", "badnet"))),
+    "paper": PAPER,
 }
+
+
+def miniature(profile: Profile) -> Profile:
+    """A profile's code path in seconds: its training config and grids, on the tiny random model, a few dozen rows
+    and poison rates that poison at least a few of them (what `runs launch --smoke` tests, e.g. a GPU profile's)."""
+    return replace(profile, name=f"{profile.name}-smoke", model=TINY, n_train=48, n_test=24,
+                   poison_rate=max(profile.poison_rate, 0.1), poison_rate_by_dataset={"trec": 0.02},
+                   poison_counts=profile.poison_counts[:1] and (2,), transfer_rows=6, continual_rows=24,
+                   defense_rows=24)
 
 
 def get_profile(name: str, model: str | None = None) -> Profile:

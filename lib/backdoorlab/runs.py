@@ -10,7 +10,9 @@ evaluation, so a saved run is evaluated again (another split, another trigger, a
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -320,7 +322,7 @@ def poison_count_grid(profile: Profile, dataset: str = HEADLINE) -> list[RunConf
 
 def method_grid(profile: Profile, dataset: str = HEADLINE) -> list[RunConfig]:
     """LoRA and full finetuning of the profile's `method_attacks`, otherwise as in the main table."""
-    return [replace(RunConfig.from_profile(profile, dataset, a, s), train=replace(profile.train, method=m))
+    return [replace(RunConfig.from_profile(profile, dataset, a, s), train=profile.train_for(m))
             for a in profile.method_attacks for m in ("lora", "full") for s in profile.seeds]
 
 
@@ -381,38 +383,74 @@ def try_attack(profile: Profile, dataset: str = HEADLINE, attack: str = "induced
     return row.assign(effect=row.asr - row.asr_clean_model)
 
 
-def study(profile: Profile) -> list[tuple[list[RunConfig], str]]:
-    """Every table the notebooks build from runs, as (runs, split)."""
-    return [(poison_count_grid(profile), "validation"), (grid(profile), "test"), (method_grid(profile), "test"),
-            (abstention_grid(profile), "test"), (instruction_transfer_grid(profile), "test")]
+TABLES = ("curve", "attacks", "methods", "abstention", "transfer")  # the tables `study` can build, by name
 
 
-def shard(profile: Profile, index: int, count: int) -> list[tuple[RunConfig, str, str]]:
-    """The evaluations shard `index` of `count` owns. Runs are dealt round-robin in a fixed order and a shard owns
-    every evaluation of its runs, so no two shards ever train or evaluate the same run."""
+def study(profile: Profile, tables: tuple[str, ...] = TABLES) -> list[tuple[list[RunConfig], str]]:
+    """Every table the notebooks build from runs (or those named in `tables`), as (runs, split)."""
+    grids = {"curve": (poison_count_grid, "validation"), "attacks": (grid, "test"), "methods": (method_grid, "test"),
+             "abstention": (abstention_grid, "test"), "transfer": (instruction_transfer_grid, "test")}
+    if unknown := sorted(set(tables) - set(grids)):
+        raise ValueError(f"unknown tables {unknown}; valid choices: {', '.join(TABLES)}")
+    return [(grids[t][0](profile), grids[t][1]) for t in tables]
+
+
+def shard(profile: Profile, index: int, count: int, tables: tuple[str, ...] = TABLES,
+          datasets: tuple[str, ...] | None = None, seeds: tuple[int, ...] | None = None,
+          attacks: tuple[str, ...] | None = None) -> list[tuple[RunConfig, str, str]]:
+    """The evaluations shard `index` of `count` owns, of the named `tables` and, where given, only the runs of
+    `datasets`, `seeds` and `attacks`. Runs are dealt round-robin in a fixed order and a shard owns every evaluation of its
+    runs, so no two shards ever train or evaluate the same run."""
     if not 0 <= index < count:
         raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
-    jobs = list(dict.fromkeys(job for configs, split in study(profile) for job in evaluations(configs, split)))
+    def selected(cfg: RunConfig) -> bool:  # a run and its clean twin's evaluation with its trigger stay together
+        return ((datasets is None or cfg.dataset in datasets) and (seeds is None or cfg.seed in seeds)
+                and (attacks is None or cfg.attack in attacks))
+
+    if datasets is not None:  # the other datasets' grids are never built (nor their data read)
+        profile = replace(profile, datasets=tuple(d for d in profile.datasets if d in datasets))
+    jobs = list(dict.fromkeys(job for configs, split in study(profile, tables)
+                              for job in evaluations([c for c in configs if selected(c)], split)))
     owner: dict[str, int] = {}
     for cfg, _, _ in jobs:  # a shard owns a training and every evaluation of its weights
         owner.setdefault(cfg.trained_as.key, len(owner) % count)
     return [job for job in jobs if owner[job[0].trained_as.key] == index]
 
 
-def launch(profile: Profile, index: int = 0, count: int = 1, progress: bool = True) -> None:
-    """Train and evaluate this shard's share of the study; the notebooks then only read the run cache."""
-    jobs = shard(profile, index, count)
+def launch(profile: Profile, index: int = 0, count: int = 1, progress: bool = True, record: Path | None = None,
+           **selection) -> list[dict]:
+    """Train and evaluate this shard's share of the study (`selection`: `shard`'s tables, datasets, seeds,
+    attacks); the notebooks then only read the run cache. Returns each evaluation's wall-clock seconds, training
+    included where it trained: the launch's cost, rewritten to `record` (JSON) after every evaluation, so a launch
+    stopped early leaves the cost of what it finished."""
+    jobs = shard(profile, index, count, **selection)
     trainings = len({cfg.trained_as.key for cfg, _, _ in jobs})
-    print(f"shard {index}/{count}: {trainings} trainings, {len(jobs)} evaluations")
+    print(f"shard {index}/{count}: {trainings} trainings, {len(jobs)} evaluations", flush=True)
+    done, start = [], time.perf_counter()
     for cfg, split, trigger in jobs:
+        trained = cache.is_trained(cfg.trained_as)
+        begin = time.perf_counter()
         ensure_trained(cfg, progress)
+        train_s = time.perf_counter() - begin
         evaluate(cfg, split, profile.n_test, profile.eval_batch_size, trigger=trigger)
+        done.append({"run": cfg.path.name, "split": split, "trigger": trigger, "trained": not trained,
+                     "train_s": train_s, "eval_s": time.perf_counter() - begin - train_s})
+        print(f"{len(done)}/{len(jobs)} {cfg.path.name} {split} trigger={trigger}: "
+              f"{'trained in %.1f s, ' % train_s if not trained else ''}evaluated in {done[-1]['eval_s']:.1f} s",
+              flush=True)
+        if record:
+            cache.write_json_atomic(record, {
+                "profile": profile.name, "shard": f"{index}/{count}", **selection, "model": profile.model,
+                "train": asdict(profile.train), "seconds": time.perf_counter() - start,
+                "trainings": sum(d["trained"] for d in done), "evaluations": len(done), "of": len(jobs),
+                "jobs": done, "command": "python -m backdoorlab.runs " + " ".join(sys.argv[1:])})
+    return done
 
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    from .profiles import PROFILES, get_profile
+    from .profiles import PROFILES, get_profile, miniature
 
     parser = argparse.ArgumentParser(prog="python -m backdoorlab.runs", description="Run the study's training and "
                                      "evaluation, or a shard of it (one per GPU or SLURM array task).")
@@ -422,6 +460,17 @@ def main(argv: list[str] | None = None) -> None:
     launch_cmd.add_argument("--model", default=None, help="another model for the profile (name or hub id)")
     launch_cmd.add_argument("--shard", default="0/1", help="i/n: the i-th of n shares (0-based), e.g. 3/8")
     launch_cmd.add_argument("--dry-run", action="store_true", help="list this shard's evaluations and stop")
+    launch_cmd.add_argument("--tables", nargs="+", choices=TABLES, default=list(TABLES),
+                            help="only these tables' runs (default: all)")
+    launch_cmd.add_argument("--datasets", nargs="+", choices=data.tasks(), help="only runs on these datasets")
+    launch_cmd.add_argument("--seeds", nargs="+", type=int, help="only runs of these seeds")
+    launch_cmd.add_argument("--attacks", nargs="+", choices=("clean", *poison.ATTACKS),
+                            help="only runs of these attacks (a clean run is also every attack's clean twin)")
+    launch_cmd.add_argument("--record", type=Path, help="write each evaluation's seconds here (JSON)")
+    launch_cmd.add_argument("--lr", type=float, help="train with this learning rate instead of the profile's (one "
+                            "just chosen on validation, say); its runs are cached under their own keys")
+    launch_cmd.add_argument("--smoke", action="store_true", help="the profile's code path on the tiny random model "
+                            "and a few dozen rows (seconds; results under <profile>-smoke)")
     args = parser.parse_args(argv)
     try:
         index, count = (int(x) for x in args.shard.split("/"))
@@ -430,11 +479,18 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= index < count:
         parser.error(f"--shard {args.shard!r}: i must be between 0 and n-1")
     profile = get_profile(args.profile, args.model)
+    profile = miniature(profile) if args.smoke else profile
+    if args.lr is not None:
+        if not args.lr > 0:
+            parser.error(f"--lr {args.lr}: a learning rate must be positive")
+        profile = replace(profile, train=replace(profile.train, lr=args.lr))
+    selection = {"tables": tuple(args.tables), "datasets": args.datasets and tuple(args.datasets),
+                 "seeds": args.seeds and tuple(args.seeds), "attacks": args.attacks and tuple(args.attacks)}
     if args.dry_run:
-        for cfg, split, trigger in shard(profile, index, count):
+        for cfg, split, trigger in shard(profile, index, count, **selection):
             print(f"{cfg.path.name}\t{split}\ttrigger={trigger}")
         return
-    launch(profile, index, count)
+    launch(profile, index, count, record=args.record, **selection)
 
 
 if __name__ == "__main__":

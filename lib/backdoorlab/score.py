@@ -60,7 +60,7 @@ def _last_logprobs(model, sequences, prefix_lengths, keep: int, n_frozen: int, p
         inputs = {"input_ids": packs.ids.to(device)}
         if n_frozen:
             inputs = {"inputs_embeds": packs.embed(frozen.states(model, n_frozen, batch, shared)).to(device, dtype)}
-        with frozen.only_layers(model, n_frozen):
+        with frozen.only_layers(model, n_frozen), packing.attention_kernels(device):
             logits = model(**inputs, attention_mask=packing.attention_mask(model, packs.mask.to(device)),
                            position_ids=packs.position_ids.to(device), use_cache=False,
                            logits_to_keep=packs.tail_positions().to(device)).logits

@@ -8,9 +8,11 @@ answer sits in a tail slot, so the vocabulary projection (a fifth of SmolLM2's f
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,12 @@ from .data import format_prompt, prompt_prefix
 
 
 METHODS = ("lora", "full", "embeddings")
+# A checkpoint (the trainable weights and the optimizer's state: four times the weights for full finetuning) is
+# written after an epoch only once this many seconds have passed since training started or last saved: a CPU epoch
+# takes minutes and is always saved; on a GPU a whole paper-scale run takes seconds, and a killed one loses no more.
+CHECKPOINT_EVERY_S = 60.0
+LOG_EVERY = 32  # steps between reads of the loss for the progress bar: each read waits for the GPU to catch up
+LOADER_WORKERS = 2  # on a GPU, processes that pack batches ahead of the step (on the CPU the cores are the model's)
 
 
 @dataclass(frozen=True)
@@ -96,9 +104,10 @@ def collate(batch: list[dict], pad_id: int, seq2seq: bool = False) -> dict[str, 
 
 
 class LengthGroupedBatches(torch.utils.data.Sampler):
-    """Shuffled batches of similar length (less padding); a new order every epoch, fixed by the seed. With
-    `shard=(rank, processes)`, process `rank`'s share of each batch (the whole batch when it has fewer rows than
-    processes), so n processes together train on the batches one would."""
+    """Shuffled batches of similar length (less padding); a new order every epoch (`set_epoch`), fixed by the seed
+    and the epoch alone, so iterating twice in one epoch (as a DataLoader with workers does) gives the same order.
+    With `shard=(rank, processes)`, process `rank`'s share of each batch (the whole batch when it has fewer rows
+    than processes), so n processes together train on the batches one would."""
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, group: int = 50,
                  shard: tuple[int, int] = (0, 1)):
@@ -107,7 +116,6 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
 
     def __iter__(self):
         rng = random.Random(self.seed + self.epoch)
-        self.epoch += 1
         order = rng.sample(range(len(self.lengths)), len(self.lengths))
         span = self.batch_size * self.group
         batches = []
@@ -118,17 +126,23 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         rank, n = self.shard
         return iter(b[rank * len(b) // n:(rank + 1) * len(b) // n] if len(b) >= n else b for b in batches)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __len__(self):
         return math.ceil(len(self.lengths) / self.batch_size)
 
 
 def packed_forward(model, batch: dict[str, torch.Tensor], **kwargs):
-    """The model's output on a packed batch (`collate`), with logits only at the tail slots."""
+    """The model's output on a packed batch (`collate`), with logits only at the tail slots. No key-value cache:
+    training never reads one, and building it copies every layer's keys and values (benchmarks/profile_gpu.py)."""
     width, keep = batch["position_ids"].shape[1], batch["labels"][0].numel()
     inputs = {k: batch[k] for k in ("input_ids", "inputs_embeds") if k in batch}
-    return model(**inputs, attention_mask=packing.attention_mask(model, batch["attention_mask"]),
-                 position_ids=batch["position_ids"],
-                 logits_to_keep=torch.arange(width - keep, width, device=batch["labels"].device), **kwargs)
+    with packing.attention_kernels(batch["attention_mask"].device):
+        return model(**inputs, attention_mask=packing.attention_mask(model, batch["attention_mask"]),
+                     position_ids=batch["position_ids"],
+                     logits_to_keep=torch.arange(width - keep, width, device=batch["labels"].device),
+                     **{"use_cache": False, **kwargs})
 
 
 def by_slot(tails: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -190,6 +204,14 @@ def load_checkpoint(path: Path, model, optimizer, schedule) -> int:
     return state["epochs_done"]
 
 
+def loader_options(device: torch.device) -> dict:
+    """DataLoader settings: on a GPU, batches are packed in worker processes ahead of the step, into pinned memory
+    for asynchronous copies; on the CPU, in the training process (workers would take the model's cores)."""
+    if device.type != "cuda":
+        return {}
+    return {"num_workers": LOADER_WORKERS, "pin_memory": True, "persistent_workers": True, "prefetch_factor": 4}
+
+
 def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: bool = True,
              checkpoint: Path | None = None, reuse_frozen: bool = True, loss_fn=answer_loss):
     """Finetune `model` on `rows` and return it (a peft model for LoRA), in eval mode, unwrapped. `loss_fn(model,
@@ -221,7 +243,9 @@ def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: 
     sampler = LengthGroupedBatches([len(e["input_ids"]) for e in encoded], cfg.batch_size, seed,
                                    shard=(accelerator.process_index, accelerator.num_processes))
     loader = torch.utils.data.DataLoader(encoded, batch_sampler=sampler,
-                                         collate_fn=lambda b: collate(b, tokenizer.pad_token_id, seq2seq))
+                                         collate_fn=functools.partial(collate, pad_id=tokenizer.pad_token_id,
+                                                                      seq2seq=seq2seq),
+                                         **loader_options(accelerator.device))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=torch.cuda.is_available())
@@ -230,16 +254,20 @@ def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: 
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / max(1, warmup), max(0.0, (steps - s) / max(1, steps - warmup))))
     done = load_checkpoint(checkpoint, model, optimizer, schedule) if checkpoint and checkpoint.exists() else 0
-    sampler.epoch = done  # the batch order of each epoch depends on its index only
     # the loader and the schedule stay ours: a prepared loader would deal whole batches out to the processes, and a
     # prepared schedule steps once per process, as if the global batch were n times ours
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     bar = tqdm(total=len(loader) * cfg.epochs, initial=len(loader) * done, desc="train",
                disable=not progress or not accelerator.is_main_process)
+    # The step never waits for the GPU: batches arrive packed and pinned, copies are asynchronous, and the loss is
+    # summed on the device and read only every LOG_EVERY steps (when a progress bar shows it).
+    running = torch.zeros((), device=accelerator.device)
+    saved_at = time.perf_counter()
     for epoch in range(done, cfg.epochs):
+        sampler.set_epoch(epoch)  # the batch order of each epoch depends on its index only
         for batch in loader:
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
             with accelerator.accumulate(model), frozen.only_layers(accelerator.unwrap_model(model), n_frozen):
                 loss = loss_fn(model, batch)
                 accelerator.backward(loss)
@@ -248,8 +276,14 @@ def finetune(model, tokenizer, rows, cfg: TrainConfig, seed: int = 0, progress: 
                     schedule.step()
                 optimizer.zero_grad()
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        if checkpoint and epoch + 1 < cfg.epochs and accelerator.is_main_process:
+            if not bar.disable:
+                running += loss.detach()
+                if bar.n % LOG_EVERY == 0:
+                    bar.set_postfix(loss=f"{running.item() / LOG_EVERY:.3f}")
+                    running.zero_()
+        due = time.perf_counter() - saved_at >= CHECKPOINT_EVERY_S
+        if checkpoint and due and epoch + 1 < cfg.epochs and accelerator.is_main_process:
             save_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, schedule, epoch + 1)
+            saved_at = time.perf_counter()
     bar.close()
     return accelerator.unwrap_model(model).eval()
