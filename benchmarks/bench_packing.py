@@ -7,7 +7,7 @@ dataset's first run of a study; then again on the same rows, as every later run 
 same test rows with the trained model twice (cold states, then warm). Seconds are whole calls, set-up included.
 
     python benchmarks/bench_packing.py                      # results/bench/raw/packing.json
-    python benchmarks/bench_packing.py --baseline <commit>
+    python benchmarks/bench_packing.py --baseline c139a2b --name packing_vs_gpu_path   # the GPU path's change
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def main():
     parser.add_argument("--baseline", default=BASELINE, help="git commit whose lib/ is the baseline")
     parser.add_argument("--rows", type=int, default=500, help="SST-2 training rows (quick: 500)")
     parser.add_argument("--test-rows", type=int, default=400, help="SST-2 test rows scored (quick: 400)")
+    parser.add_argument("--name", default="packing", help="the result file's name (results/bench/raw/NAME.json)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -94,7 +95,7 @@ def main():
     result = {"device": device_name(), "baseline_commit": args.baseline, "rows": args.rows,
               "test_rows": args.test_rows, "baseline": baseline, "ours": ours,
               **{f"{k.removesuffix('_s')}_speedup": baseline[k] / ours[k] for k in ours if k.endswith("_s")}}
-    write("packing", result)
+    write(args.name, result)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ TARGETS = {  # the issues' targets on the 2-core machine, for the table's last c
     "score_agreement": ">= 0.99", "quick_cold_s": "<= 2700", "quick_warm_s": "<= 30 (make study, nothing changed)",
     "quick_rerun_warm_s": "(make study RERUN=1: every notebook executed again)", "peak_rss_gib": "<= 4",
     "train_mfu": "(GPU: >= 0.40)", "paper_train_speedup_vs_trainer_smollm2_gpu": ">= 5 (issue 27)",
+    "train_speedup_vs_before_gpu_path": ">= 1 (no slower)", "score_speedup_vs_before_gpu_path": ">= 1 (no slower)",
 }
 
 
@@ -34,10 +35,11 @@ def main():
     raw = {p.stem: json.loads(p.read_text()) for p in sorted(args.raw.glob("*.json"))}
     lora, full = raw.get(f"train_lora_{SMOLLM2}", {}), raw.get(f"train_full_{SMOLLM2}", {})
     scoring, study, packing = raw.get("score", {}), raw.get("study_quick", {}), raw.get("packing", {})
-    memory = raw.get("memory_user_round", {})
+    memory, gpu_path = raw.get("memory_user_round", {}), raw.get("packing_vs_gpu_path", {})
     larger = [k for k, v in raw.items() if k.startswith("train_") and v.get("model") != SMOLLM2]
     paper_runs = [k for k, v in raw.items() if k.startswith("gpu_") and "run_speedup_vs_before" in v]  # bench_gpu
-    sources = [k for k in [f"train_lora_{SMOLLM2}", f"train_full_{SMOLLM2}", "score", "packing", "memory_user_round",
+    sources = [k for k in [f"train_lora_{SMOLLM2}", f"train_full_{SMOLLM2}", "score", "packing", "packing_vs_gpu_path",
+                           "memory_user_round",
                            "fingerprint_verify_lora", "study_quick", "study_quick_warm", *larger, *paper_runs]
                if k in raw]
     summary = {
@@ -56,6 +58,10 @@ def main():
         "train_speedup_vs_previous": packing.get("train_cold_speedup"),  # a dataset's first run: states cold
         "train_speedup_vs_previous_later_runs": packing.get("train_warm_speedup"),
         "score_speedup_vs_previous": packing.get("score_cold_speedup"),
+        # quick's training and scoring against the code before the GPU path (issue 27: the CPU may not get slower)
+        "train_speedup_vs_before_gpu_path": gpu_path.get("train_cold_speedup"),
+        "train_speedup_vs_before_gpu_path_later_runs": gpu_path.get("train_warm_speedup"),
+        "score_speedup_vs_before_gpu_path": gpu_path.get("score_cold_speedup"),
         "user_round_peak_rss_gib": memory.get("ours_full_peak_rss_gib"),  # full finetuning on Alpaca rows
         "user_round_peak_rss_gib_previous": memory.get("baseline_full_peak_rss_gib"),
         "fingerprint_verify_speedup_early_stop": raw.get("fingerprint_verify_lora", {}).get("guessed_speedup"),
