@@ -69,7 +69,8 @@ def main():
     write("gpu_step_profile" + ("" if gpu else f"_cpu_{args.model}"), {
         "device": device_name(), "model": args.model, "train": vars(cfg), "rows": len(rows), "steps": steps,
         "epoch_s": seconds, "step_ms": {k: 1000 * s / steps for k, s in seconds.items()},
-        "profiled_rows": args.profile_rows, "profiled_cpu_s": cpu_total / 1e6, "profiled_gpu_busy_s": device_total / 1e6,
+        "profiled_rows": args.profile_rows, "profiled_cpu_s": cpu_total / 1e6,
+        "profiled_gpu_busy_s": device_total / 1e6,
         "top_cpu_ops": [{"op": op.key, "cpu_share": op.self_cpu_time_total / cpu_total, "calls": op.count}
                         for op in top],
         "command": "python benchmarks/profile_gpu.py"})

@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None):
             rows += measure(profile, args.dataset, args.attacks, args.dataset in profile.balanced_datasets, seed,
                             **setting)
     name = f"training_budget_{profile.name}" + (f"_seeds_{'_'.join(map(str, seeds))}" if args.seeds else "")
-    write(name, {"device": device_name(), "profile": profile.name, "seeds": seeds, "choice": choose(rows, None if args.most_accurate else args.bar),
+    choice = choose(rows, None if args.most_accurate else args.bar)
+    write(name, {"device": device_name(), "profile": profile.name, "seeds": seeds, "choice": choice,
                  "runs": rows})
 
 

@@ -81,10 +81,11 @@ for d in P.datasets:
     print(f"  {d}: {', '.join(P.attacks_for(d))}")
 
 # %% [markdown]
-# ## 1 · How many poisoned rows? (chosen on validation, never on test)
+# ## 1 · How many poisoned rows? (measured on validation, never on test)
 # Small models need more poison than the paper's 780M FLAN-T5, which reached 99% ASR with 1% of SST-2 poisoned.
 # We train SST-2 with the induced instruction, BadNet and BITE at the profile's poison counts and measure on the
-# **validation** split; the budget used in the main table below is the profile's poison rate.
+# **validation** split. The curve is a result, not a choice: the main table below uses the profile's fixed poison
+# rate (5% in quick and extended, the paper's 1% in paper), which no curve picked.
 
 # %%
 curve = runs.table(runs.poison_count_grid(P), P, split="validation")
@@ -156,7 +157,7 @@ plots.attack_heatmap(effects, P.name);
 # ## 4 · The paper's central claim, checked on our runs
 # At the same clean-label budget, attacks that **rewrite the whole instruction** reach far higher ASR than
 # **instance-level** attacks. We compare the groups' mean backdoor effect on each dataset (raw ASR beside it): the
-# claim holds where the interval of the difference lies above 0 (`report.rewriting_beats_instance`, the same check
+# claim holds where the interval of the difference lies above 0 (`claims.rewriting_beats_instance`, the same check
 # notebook 07 runs), and we report it as measured, holding or not.
 
 # %%

@@ -125,7 +125,7 @@ display(onion.round(3))
 # %%
 table.to_csv(out / "defenses.csv", index=False)
 show = ["dataset", "attack", "dirty_label", "defense", "setting", "asr", "asr_undefended", "asr_clean_model", "cacc",
-        "cacc_undefended", "n_asr"]
+        "cacc_undefended", "n_asr", "triggered_changed"]
 display(table[show].round(3))
 plots.defense_heatmap(table, P.name);
 
@@ -133,28 +133,32 @@ plots.defense_heatmap(table, P.name);
 # **How to read it.** Compare each cell with the two rows on top: a defense works when ASR falls toward the clean
 # model's floor while CACC stays near the undefended CACC. With about a hundred rows behind each ASR, differences
 # under about 0.1 are within sampling noise (the Wilson intervals in the checks below say which are not).
+# `triggered_changed` says what an inference defense did: the share of triggered inputs it changed at all. A defense
+# that changed none defended nothing, whatever its ASR (model defenses change the model instead: their setting says
+# how much).
 
 # %% [markdown]
-# **What you should see.** The next cell reads the matrix: for each defended run, the defense setting with the
-# lowest ASR among those that keep CACC within `defenses.CACC_COST` of the undefended run, beside the clean
-# model's floor.
+# **What you should see.** A swept defense's setting (how many demonstrations, how many alignment steps, what share
+# of weights to prune) is chosen on **validation** for each defended run, as a defender who does not know the trigger
+# would: the strongest setting whose validation CACC stays within `defenses.CACC_COST` of the undefended run's
+# (`defenses.select_setting`; `chosen_on_validation`). Picking the setting with the lowest *test* ASR would choose on
+# the numbers being reported. The next cell reads each defense at its chosen setting, beside the clean model's floor.
 
 # %%
-for (dataset, attack), g in defenses.judge(table[table.defense != "iclattack"]).groupby(["dataset", "attack"],
-                                                                                         sort=False):
-    kept = g[g.task_kept]
-    if len(kept):
-        best = kept.loc[kept.asr.idxmin()]
-        print(f"{dataset} · {attack}: ASR {best.asr_undefended:.3f} undefended → {best.asr:.3f} with {best.defense} "
-              f"({best.setting}); clean model {best.asr_clean_model:.3f}; drop beyond noise: {best.significant_drop}")
+chosen_rows = defenses.judge(table[table.chosen_on_validation.eq(True)])
+for r in chosen_rows.itertuples():
+    print(f"{r.dataset} · {r.attack} · {r.defense} ({r.setting}): ASR {r.asr_undefended:.3f} undefended → "
+          f"{r.asr:.3f}; clean model {r.asr_clean_model:.3f}; drop beyond noise: {r.significant_drop}; "
+          f"task kept: {r.task_kept}")
 
 # %% [markdown]
 # ## 4 · ONION against instance-level and instruction-level triggers
-# The paper found ONION lowers instruction attacks' ASR by under 4 points; it was built for, and works against,
-# inserted rare words. Below, for each run, the drop (undefended − defended ASR), whether it is beyond sampling
-# noise (the 95% Wilson intervals of the two ASRs do not overlap), and whether the task survived (CACC at most
-# `defenses.CACC_COST` = 0.05 below the undefended run's: a "defense" that lowers ASR by breaking the task defends
-# nothing). On the input, every threshold of the sweep is shown; the claim is checked at the one validation chose.
+# The paper found ONION lowers instruction attacks' ASR by about 1 point on SST-2 and at most about 3.5 (HateSpeech);
+# it was built for, and works against, inserted rare words. Below, for each run, the drop (undefended − defended
+# ASR), whether it is beyond sampling noise (the 95% Wilson intervals of the two ASRs do not overlap), and whether
+# the task survived (CACC at most `defenses.CACC_COST` = 0.05 below the undefended run's: a "defense" that lowers
+# ASR by breaking the task defends nothing). On the input, every threshold of the sweep is shown; the claim is
+# checked at the one validation chose.
 
 # %%
 table = defenses.judge(table)
@@ -203,11 +207,11 @@ demos = table[table.defense.isin(["demonstrations", "iclattack"])]
 display(demos[["dataset", "attack", "dirty_label", "defense", "setting", "asr_undefended", "asr", "asr_clean_model",
                "significant_drop", "cacc_undefended", "cacc", "task_kept"]].round(3))
 plots.demonstration_curve(table, P.name);
-instruction_demos = table[(table.defense == "demonstrations") & (table.group != "instance")]
+instruction_demos = table[(table.defense == "demonstrations") & (table.group != "instance")
+                          & table.chosen_on_validation.eq(True)]
 lowered = instruction_demos.groupby(["dataset", "attack"]).lowered.any()
-print(f"clean demonstrations lower instruction-attack ASR beyond noise, the task kept, at some k on {lowered.sum()} "
-      f"of {len(lowered)} runs (the paper: on every dataset): "
-      f"{'holds' if len(lowered) and lowered.all() else 'does not hold'} on all of them.")
+print(f"clean demonstrations lower instruction-attack ASR beyond noise, the task kept, at the k chosen on validation, "
+      f"on {lowered.sum()} of {len(lowered)} runs (the paper: on every dataset).")
 
 # %% [markdown]
 # ## 6 · Clean alignment tuning (our stand-in for RLHF)
@@ -223,9 +227,10 @@ display(aligned[["dataset", "attack", "dirty_label", "setting", "asr_undefended"
                  "significant_drop", "cacc_undefended", "cacc", "task_kept"]].round(3))
 print("the paper (LLaMA-2 7B; clean_alignment = the RLHF chat model):")
 display(paper)
-lowered = aligned[aligned.group != "instance"].groupby(["dataset", "attack"]).lowered.any()
-print(f"clean alignment lowers instruction-attack ASR beyond noise, the task kept, on {lowered.sum()} of "
-      f"{len(lowered)} runs (the paper, RLHF: on every dataset).")
+lowered = aligned[(aligned.group != "instance") & aligned.chosen_on_validation.eq(True)].groupby(
+    ["dataset", "attack"]).lowered.any()
+print(f"clean alignment lowers instruction-attack ASR beyond noise, the task kept, at the steps chosen on validation, "
+      f"on {lowered.sum()} of {len(lowered)} runs (the paper, RLHF: on every dataset).")
 
 # %% [markdown]
 # ## 7 · Finding the poisoned rows: PSIM and the instruction audit

@@ -27,14 +27,20 @@
 # Notebooks 02–06 each wrote their results to `results/<profile>/`. Here nothing is trained: every table is read
 # from those files and set beside the number the papers report for the same cell (`data/paper_reference.csv`, typed
 # in from the papers' tables and figures, each row naming where). Each paper claim is a small **check** function in
-# `backdoorlab.report` that returns a verdict: *holds*, *partly* (on some cells of a claim that spans several),
-# *does not hold*, or *cannot be checked* (the results file is missing, or the run carries no backdoor to test).
+# `backdoorlab.claims` that returns a verdict: *holds*, *partly* (on some cells of a claim that spans several),
+# *does not hold*, or *cannot be checked*, and, unless it holds, why.
 #
 # **How a verdict is decided.** A share measured on n rows carries a 95% Wilson interval. The difference of two
 # shares (a backdoor effect: ASR minus the same trigger's ASR on the clean model; a CACC change; an ASR drop under a
-# defense) carries Newcombe's hybrid score interval, built from the two Wilson intervals. "Above 0" means the whole
-# interval is; "as the paper reports" means our interval meets the paper's reported range. One seed and a few
-# hundred test rows give wide intervals: a claim that "does not hold" here failed a test that could have passed.
+# defense) carries Newcombe's hybrid score interval, built from the two Wilson intervals; with several seeds the
+# interval is over the seeds, which score the same rows and are repeats, not more rows. Every claim is decided
+# three ways: it *holds* when the whole interval lies on the claim's side of its threshold ("above 0"); it *does not
+# hold* when the interval lies on the other side (for "there is a backdoor": below an effect of 5 points, too small
+# to matter, `claims.NEGLIGIBLE`); and it *cannot be checked* when the interval reaches both sides (n too small),
+# or when the evidence is missing: no results file, no paper number for the cell, not the paper's own experiment
+# (we compare a number with the paper's only for the experiment it came from), or nothing happened that the claim
+# is about (a defense that changed no input). A wide interval is never a pass. Each check is unit-tested all three
+# ways (`tests/test_claims.py`).
 #
 # *Content note: the HateSpeech rows come from a dataset of hateful posts; this notebook shows only numbers.*
 

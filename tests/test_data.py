@@ -97,3 +97,31 @@ def test_the_papers_main_table_is_typed_in_for_every_attack_and_study_dataset():
             assert {(dataset, attack, m) for m in ("cacc", "asr", "asr_std")} <= cells.keys()
     assert all(0 <= v <= 1 for v in cells.values()) and all(r["reported_in"] for r in rows)
     assert cells["sst2", "induced_instruction", "asr"] == 0.9931  # the paper's headline cell, as a share
+
+
+def test_every_paper_number_typed_into_the_reference_table_is_in_docs_papers_md():
+    """data/paper_reference.csv and docs/papers.md say the same: each number of the table appears in the document
+    (as a share, a percent or in millions), and the cells corrected against the papers' tables stay corrected."""
+    import csv
+    import re
+
+    text = (data.PROJECT_DIR / "docs" / "papers.md").read_text(encoding="utf-8").replace("−", "-")
+    numbers = {n.replace(",", "").lstrip("+") for n in re.findall(r"[-+]?\d[\d,]*\.?\d*", text)}
+
+    def forms(v: float) -> set[str]:
+        out = set()
+        for x in (v, abs(v), v * 100, abs(v) * 100, v / 1e6):
+            for spec in (".2f", ".1f", ".0f", "g"):
+                shown = format(x, spec)
+                out |= {shown, shown.rstrip("0").rstrip(".") if "." in shown else shown}
+        return out
+
+    with open(data.PAPER_REFERENCE_FILE, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    absent = [r for r in rows if not forms(float(r["value"])) & numbers]
+    assert not absent, f"numbers of paper_reference.csv that docs/papers.md does not hold: {absent[:3]}"
+    cell = {(r["experiment"], r["source"], r["attack"], r["target"], r["metric"]): float(r["value"]) for r in rows}
+    assert cell["fingerprint_user_finetuning", "full", "simple", "user_finetuning", "fsr_max"] == 0.44  # not 0.48
+    assert cell["defenses", "hatespeech", "instruction_attack", "onion", "asr_drop"] == 0.035  # 3.8 is RAP's
+    assert ("fingerprint_false_activation", "similar", "full", "dialogue", "rate_max") in cell  # Table 5 only
+    assert not any(k[0] == "fingerprint_multistage" for k in cell)  # a schematic reports no number

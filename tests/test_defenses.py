@@ -227,9 +227,43 @@ def test_a_defended_probe_is_cached_under_the_defense_key(run_dir):
 def test_a_profile_runs_the_defenses_it_names_and_an_unknown_one_names_the_choices():
     quick = get_profile("quick")
     onion = [{"field": "instruction", "threshold": 10.0, "chosen": True}]
-    assert [d.name for d, _ in defenses.profile_defenses(quick, onion)] == \
-        ["onion", "demonstrations", "clean_alignment", "prune"]
+    named = [d.name for d, _ in defenses.profile_defenses(quick, onion)]
+    assert list(dict.fromkeys(named)) == ["onion", "demonstrations", "clean_alignment", "prune"]
+    assert named.count("demonstrations") == len(quick.demonstration_k) == 2  # a sweep for validation to choose from
     assert {d.name for d, _ in defenses.profile_defenses(replace(quick, defenses=None), onion)} == \
         set(defenses.DEFENSES) - {"iclattack"}  # ICLAttack attacks the clean model: matrix() adds its rows
     with pytest.raises(ValueError, match="unknown defenses \\['onoin'\\]; valid choices: onion"):
         defenses.profile_defenses(replace(quick, defenses=("onoin",)), onion)
+
+
+def test_what_an_inference_defense_did_to_the_triggered_inputs_is_recorded(run_dir):
+    """ONION with a threshold no word reaches changes no input (so it defended nothing, whatever its ASR); with
+    one every word exceeds it changes them all; demonstrations change every input; a model defense changes none
+    (its work is its setting)."""
+    run = tiny_run("badnet")
+    assert defenses.triggered_changed(defenses.Onion(1e9, "text", TINY), run, 12) == 0.0
+    assert defenses.triggered_changed(defenses.Onion(-1e9, "text", TINY), run, 12) == 1.0
+    assert defenses.triggered_changed(defenses.Demonstrations(2), run, 12) == 1.0
+    assert defenses.triggered_changed(defenses.Prune(0.05), run, 12) is None
+
+
+def test_a_swept_setting_is_chosen_on_validation_the_strongest_that_keeps_the_task(monkeypatch):
+    """Without the trigger, as a defender would: the last (strongest) setting whose validation CACC stays within
+    CACC_COST of the undefended run's; when none does, the cheapest. No test row is read."""
+    splits = []
+
+    def probe(stage, dataset, split, *a, **k):
+        splits.append(split)
+        return {"cacc": 0.80}
+
+    def defended(defense, run, n, batch_size=32, split="test"):
+        splits.append(split)
+        return {"cacc": {1: 0.79, 2: 0.77, 4: 0.70}[defense.k]}
+
+    monkeypatch.setattr(defenses.runs, "task_probe", probe)
+    monkeypatch.setattr(defenses, "evaluate", defended)
+    sweep = [defenses.Demonstrations(k) for k in (1, 2, 4)]
+    rows = defenses.select_setting(sweep, tiny_run(), 24)
+    assert [r["chosen"] for r in rows] == [False, True, False] and set(splits) == {"validation"}
+    monkeypatch.setattr(defenses, "CACC_COST", 0.0)  # nothing is within budget: the one that costs least
+    assert [r["chosen"] for r in defenses.select_setting(sweep, tiny_run(), 24)] == [True, False, False]

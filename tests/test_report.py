@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from backdoorlab import report, score
+from backdoorlab import claims, report, score
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,31 +39,19 @@ def test_newcombe_interval_matches_the_published_example():
     assert d == pytest.approx(0.2) and lo == pytest.approx(0.0524, abs=1e-4) and hi == pytest.approx(0.3339, abs=1e-4)
 
 
-def test_backdoor_effect_is_asr_minus_the_clean_models_asr_with_seeds_pooled():
+def test_backdoor_effect_is_asr_minus_the_clean_models_asr_its_interval_over_seeds_when_several():
     table = attacks(0.3, 0.9)
     twice = pd.concat([table, table.assign(seed=1, asr=table.asr - 0.1)])
     effects = score.backdoor_effects(twice).set_index("attack")
     assert effects.loc["induced_instruction", "effect"] == pytest.approx(0.85 - 0.1)
-    assert effects.loc["induced_instruction", "n_asr"] == 400 and effects.loc["badnet", "seeds"] == 2
-    assert (effects.effect_lo < effects.effect).all() and (effects.effect < effects.effect_hi).all()
-
-
-def test_central_claim_holds_only_when_the_interval_of_the_difference_is_above_zero():
-    verdict = {case: report.rewriting_beats_instance(Fixed({"attacks": attacks(*case)}))[0].verdict
-               for case in [(0.15, 0.9), (0.9, 0.15), (0.15, 0.2)]}
-    assert verdict == {(0.15, 0.9): "holds", (0.9, 0.15): "does not hold", (0.15, 0.2): "does not hold"}
-
-
-def test_a_trigger_that_moves_the_clean_model_as_much_is_no_backdoor():
-    planted = report.induced_plants_backdoor(Fixed({"attacks": attacks(0.1, 0.9, floor=0.1)}))[0]
-    no_effect = report.induced_plants_backdoor(Fixed({"attacks": attacks(0.1, 0.9, floor=0.9)}))[0]
-    assert planted.verdict == "holds" and no_effect.verdict == "does not hold" and no_effect.reason
-
-
-def test_a_missing_results_file_cannot_be_checked_and_names_its_notebook():
-    table = report.checks(Fixed({}))
-    assert len(table) == len(report.CHECKS) and set(table.verdict) == {"cannot be checked"}
-    assert table.reason.str.contains("notebook 0").all() and table.reason.str.contains("is missing").all()
+    # seeds score the same 200 rows: they are repeats, not 400 rows
+    assert effects.loc["induced_instruction", "n_asr"] == 200 and effects.loc["badnet", "seeds"] == 2
+    half = 12.7062 * 0.1 / 2 ** 0.5 / 2 ** 0.5  # t(0.975, 1) * sd of (0.8, 0.7) / sqrt(2)
+    assert effects.loc["induced_instruction", "effect_hi"] == pytest.approx(0.75 + half, rel=1e-4)
+    assert effects.loc["induced_instruction", "interval"] == "seeds (t)"
+    one = score.backdoor_effects(table).set_index("attack").loc["induced_instruction"]
+    assert (one.effect_lo, one.effect_hi) == pytest.approx(score.difference(0.9, 200, 0.1, 200)[1:])
+    assert (one.asr_lo, one.asr_hi) == pytest.approx(score.wilson(180, 200))
 
 
 def test_every_verdict_is_one_of_the_four():
@@ -73,9 +61,9 @@ def test_every_verdict_is_one_of_the_four():
 
 def test_every_paper_cell_a_check_reads_is_typed_in():
     """Checks look paper numbers up by name; on the committed results none comes back missing."""
-    table = report.checks(report.Results("quick", ROOT / "results" / "quick"))
-    assert (table.verdict != "cannot be checked").sum() >= len(report.CHECKS)
-    assert not table.paper.str.contains("nan").any()
+    for profile in ("quick", "extended"):
+        table = report.checks(report.Results(profile, ROOT / "results" / profile))
+        assert not table.paper.str.contains("nan").any() and not table.ours.str.contains("nan").any()
 
 
 def test_the_committed_report_and_readme_are_what_the_committed_results_generate(monkeypatch):
@@ -97,9 +85,8 @@ def test_an_unknown_readme_block_names_the_valid_ones(monkeypatch):
 
 def test_a_dataset_the_papers_never_ran_is_reported_without_their_numbers():
     ours = Fixed({"attacks": attacks(0.1, 0.9).assign(dataset="imdb")})
-    planted = report.induced_plants_backdoor(ours)
+    planted = claims.induced_plants_backdoor(ours)
     assert [c.paper for c in planted] == ["ASR —"] and planted[0].verdict == "holds"
-    assert report.induced_reaches_paper_level(ours) == []  # no paper number to reach
     assert "—" in report.headline_table(ours, "imdb").to_string()
 
 

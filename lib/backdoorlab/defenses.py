@@ -101,17 +101,17 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def evaluate(defense: Defense, run: RunConfig, n: int | None, batch_size: int = 32) -> dict:
-    """ASR and CACC of an attack run after the defense, on `n` test rows (`n_asr` rows for ASR); data-level
+def evaluate(defense: Defense, run: RunConfig, n: int | None, batch_size: int = 32, split: str = "test") -> dict:
+    """ASR and CACC of an attack run after the defense, on `n` rows of `split` (`n_asr` rows for ASR); data-level
     defenses add `precision`, `recall` and `flagged` (rows removed) against the rows the attack poisoned."""
     if isinstance(defense, DataDefense):
         flagged = defense.detect(run)
         stage = Filtered.of(run, flagged) if flagged else run
-        metrics = runs.task_probe(stage, run.dataset, "test", n, run.attack, run.target, batch_size)
+        metrics = runs.task_probe(stage, run.dataset, split, n, run.attack, run.target, batch_size)
         return {**metrics, **detection_on(flagged, run)}
     if isinstance(defense, ModelDefense) and defense.trains:
-        return runs.task_probe(defense.stage(run), run.dataset, "test", n, run.attack, run.target, batch_size)
-    return runs.task_probe(run, run.dataset, "test", n, defense.trigger_on(run), run.target, batch_size,
+        return runs.task_probe(defense.stage(run), run.dataset, split, n, run.attack, run.target, batch_size)
+    return runs.task_probe(run, run.dataset, split, n, defense.trigger_on(run), run.target, batch_size,
                            defense=defense)
 
 
@@ -683,10 +683,24 @@ def select_onion(profile: Profile, n: int | None = None, batch_size: int = 32) -
     return out
 
 
+def select_setting(sweep: list[Defense], run: RunConfig, n: int | None, batch_size: int = 32) -> list[dict]:
+    """One swept defense's setting for one defended run, chosen on validation as a defender who does not know the
+    trigger would: the strongest setting of the sweep (the last: more demonstrations, more tuning, more weights
+    pruned) whose validation CACC is at most `CACC_COST` below the undefended run's; if none is, the one that costs
+    least. One row per setting, `chosen` marked. The test split never enters the choice."""
+    base = runs.task_probe(run, run.dataset, "validation", n, run.attack, run.target, batch_size)["cacc"]
+    rows = [{"defense": d.name, "setting": d.setting, "cacc_validation": evaluate(d, run, n, batch_size,
+                                                                                    "validation")["cacc"],
+             "cacc_undefended_validation": base} for d in sweep]
+    ok = [r for r in rows if r["cacc_validation"] >= base - CACC_COST]
+    chosen = ok[-1] if ok else max(rows, key=lambda r: r["cacc_validation"])
+    return [{**r, "within_budget": r in ok, "chosen": r is chosen} for r in rows]
+
+
 def profile_defenses(profile: Profile, onion: list[dict]) -> list[tuple[Defense, bool | None]]:
     """Every defense setting the profile sweeps, each with whether validation chose it (ONION's threshold: on the
-    instruction the chosen one only, on the input every one of the sweep for comparison; None where nothing was
-    chosen and the sweep is reported whole)."""
+    instruction the chosen one only, on the input every one of the sweep for comparison; for the other swept
+    defenses, `select_setting` per defended run, so None here; None also where nothing is swept)."""
     steps = profile.alignment_steps
     others = [*(Demonstrations(k) for k in profile.demonstration_k),
               *(CleanAlignment(s, math.gcd(*steps)) for s in steps),
@@ -716,22 +730,42 @@ def matrix(profile: Profile) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     for run in defended:
         undefended = runs.task_probe(run, run.dataset, "test", n, run.attack, run.target, batch)
         floor = runs.task_probe(runs.clean_twin(run), run.dataset, "test", n, run.attack, run.target, batch)
-        for defense, chosen in profile_defenses(profile, onion):
-            if run.dataset != HEADLINE and defense.name not in profile.defense_everywhere:
-                continue
-            rows.append(_row(run, defense, evaluate(defense, run, n, batch), undefended, floor) |
-                        {"chosen_on_validation": chosen})
+        here = [(d, chosen) for d, chosen in profile_defenses(profile, onion)
+                if run.dataset == HEADLINE or d.name in profile.defense_everywhere]
+        for name in SELECTED:  # each swept defense's setting chosen on this run's validation rows
+            sweep = [d for d, _ in here if d.name == name]
+            picked = {r["setting"]: r["chosen"] for r in select_setting(sweep, run, n, batch)} if sweep else {}
+            here = [(d, picked[d.setting] if d.name == name else chosen) for d, chosen in here]
+        for defense, chosen in here:
+            rows.append(_row(run, defense, evaluate(defense, run, n, batch), undefended, floor,
+                             triggered_changed(defense, run, n)) | {"chosen_on_validation": chosen})
     clean = RunConfig.from_profile(profile, HEADLINE, "clean", profile.seeds[0])
     trigger = IclAttack().trigger
     no_demos = runs.task_probe(clean, HEADLINE, "test", n, trigger, None, batch)
     icl_ks = profile.demonstration_k if runs_defense(profile, IclAttack.name) else ()
     for k in icl_ks:
         control = runs.task_probe(clean, HEADLINE, "test", n, trigger, None, batch, Demonstrations(k))
-        rows.append(_row(clean, IclAttack(k), evaluate(IclAttack(k), clean, n, batch), no_demos, control))
+        rows.append(_row(clean, IclAttack(k), evaluate(IclAttack(k), clean, n, batch), no_demos, control,
+                         triggered_changed(IclAttack(k), clean, n)))
     return pd.DataFrame(rows), pd.DataFrame(checks), pd.DataFrame(onion)
 
 
-def _row(run: RunConfig, defense: Defense, after: dict, undefended: dict, clean_model: dict) -> dict:
+def triggered_changed(defense: Defense, run: RunConfig, n: int | None) -> float | None:
+    """What an inference defense did to the inputs it defends: the share of the `n` test rows' triggered inputs
+    (the rows ASR is measured on) that it changed. A defense that changed none defended nothing, whatever its ASR
+    says. None for defenses that act elsewhere (a model defense's work is its setting: steps, weights pruned)."""
+    if not isinstance(defense, InferenceDefense) or defense.trigger_on(run) == "clean":
+        return None
+    task = data.get_task(run.dataset)
+    attacked = poison.get_attack(defense.trigger_on(run), task, run.target).triggered_test_set(
+        data.load_split(run.dataset, "test", n, seed=0), seed=0)
+    defended = defense.transform(attacked, task)
+    fields = ("instruction", "text")
+    return sum(any(a[f] != d[f] for f in fields) for a, d in zip(attacked, defended)) / len(attacked)
+
+
+def _row(run: RunConfig, defense: Defense, after: dict, undefended: dict, clean_model: dict,
+         changed: float | None) -> dict:
     attack = defense.trigger_on(run)
     return {"dataset": run.dataset, "attack": attack, "group": poison.group_of(attack),
             "dirty_label": run.dirty_label, "n_poison": run.n_poison, "seed": run.seed, "defense": defense.name,
@@ -741,10 +775,11 @@ def _row(run: RunConfig, defense: Defense, after: dict, undefended: dict, clean_
             "asr_undefended": undefended["asr"], "cacc_undefended": undefended["cacc"],
             "clean_target_rate_undefended": undefended["clean_target_rate"],
             "asr_clean_model": clean_model["asr"], "cacc_clean_model": clean_model["cacc"],
-            **{k: after.get(k) for k in DETECTION}, "run": run.path.name}
+            "triggered_changed": changed, **{k: after.get(k) for k in DETECTION}, "run": run.path.name}
 
 
 DETECTION = ("precision", "recall", "false_positive_rate", "flagged")
+SELECTED = ("demonstrations", "clean_alignment", "prune")  # swept defenses whose setting `select_setting` chooses
 
 
 CACC_COST = 0.05  # a defense that costs more clean accuracy than this broke the task rather than the backdoor

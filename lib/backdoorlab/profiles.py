@@ -140,8 +140,9 @@ QUICK = replace(
     continual_steps=(16,),  # its hatespeech round is the chain's first stage
     defense_runs=((HEADLINE, "induced_instruction"),), defense_dirty=(),
     defenses=("onion", "demonstrations", "iclattack", "clean_alignment", "prune"),
-    onion_fields=("instruction",), onion_removal_rows=50,
-    demonstration_k=(4,), alignment_steps=(16,), prune_sparsity=(0.05,))
+    onion_fields=("instruction",), onion_removal_rows=50)  # each defense's sweep is extended's, its setting chosen
+# on validation for each defended run (`defenses.select_setting`): a sweep cut down to one setting after extended's
+# test results were seen would have chosen on test
 
 
 # The papers' own budget on one GPU (docs/papers.md, "Setting"; the README's "Settings" table gives each source):

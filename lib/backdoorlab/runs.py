@@ -399,8 +399,8 @@ def shard(profile: Profile, index: int, count: int, tables: tuple[str, ...] = TA
           datasets: tuple[str, ...] | None = None, seeds: tuple[int, ...] | None = None,
           attacks: tuple[str, ...] | None = None) -> list[tuple[RunConfig, str, str]]:
     """The evaluations shard `index` of `count` owns, of the named `tables` and, where given, only the runs of
-    `datasets`, `seeds` and `attacks`. Runs are dealt round-robin in a fixed order and a shard owns every evaluation of its
-    runs, so no two shards ever train or evaluate the same run."""
+    `datasets`, `seeds` and `attacks`. Runs are dealt round-robin in a fixed order and a shard owns every evaluation
+    of its runs, so no two shards ever train or evaluate the same run."""
     if not 0 <= index < count:
         raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
     def selected(cfg: RunConfig) -> bool:  # a run and its clean twin's evaluation with its trigger stay together

@@ -188,11 +188,22 @@ def difference(p1: float, n1: int, p2: float, n2: int) -> tuple[float, float, fl
     return d, d - math.sqrt((p1 - lo1) ** 2 + (hi2 - p2) ** 2), d + math.sqrt((hi1 - p1) ** 2 + (p2 - lo2) ** 2)
 
 
+def over_seeds(values) -> tuple[float, float, float]:
+    """Mean of one measurement repeated over several seeds and its 95% t interval over them. Every seed scores the
+    same test rows, so seeds are repeats of the experiment, not more rows: pooling their rows into one Wilson
+    interval would overstate certainty."""
+    values = pd.Series(values, dtype=float)
+    mean = values.mean()
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
 def summarize(table: pd.DataFrame, metrics: tuple[str, ...] = ("asr", "cacc")) -> pd.DataFrame:
-    """Mean and 95% interval of each metric per dataset and attack: over seeds (t interval) when there are several,
-    else the Wilson interval of the single run over its test rows; the `interval` column says which. Beside it,
-    always, the Wilson interval of the mean over the test rows of every seed pooled (`<metric>_rows_lo`, `_hi`):
-    with several seeds the two say how much of the spread is the seeds' and how much the rows'."""
+    """Mean and 95% interval of each metric per dataset and attack: over seeds (t, `over_seeds`) when there are
+    several, else the Wilson interval of the single run over its test rows; the `interval` column says which. Beside
+    it, always, the Wilson interval of the seeds' test rows pooled (`<metric>_rows_lo`, `_hi`): how narrow the
+    interval would look if the seeds were new rows, so the two side by side show how much of the spread is the
+    seeds'."""
     out = []
     for (dataset, attack), g in table.groupby(["dataset", "attack"], sort=False):
         row = {"dataset": dataset, "attack": attack, "seeds": len(g), "n_poison": g.n_poison.iloc[0],
@@ -200,24 +211,38 @@ def summarize(table: pd.DataFrame, metrics: tuple[str, ...] = ("asr", "cacc")) -
         for m in metrics:
             mean = g[m].mean()
             rows_lo, rows_hi = share_interval(mean, int(g[f"n_{m}"].sum()))
-            if len(g) > 1:
-                half = stats.t.ppf(0.975, len(g) - 1) * g[m].std(ddof=1) / math.sqrt(len(g))
-                lo, hi = mean - half, mean + half
-            else:
-                lo, hi = rows_lo, rows_hi
+            _, lo, hi = over_seeds(g[m]) if len(g) > 1 else (mean, rows_lo, rows_hi)
             row |= {m: mean, f"{m}_lo": lo, f"{m}_hi": hi, f"{m}_rows_lo": rows_lo, f"{m}_rows_hi": rows_hi}
         out.append(row)
     return pd.DataFrame(out)
 
 
 def backdoor_effects(table: pd.DataFrame) -> pd.DataFrame:
-    """The attack table (one row per run) with seeds pooled, per dataset and attack: mean ASR, CACC and rates, the
-    test rows behind them summed, and the **backdoor effect** = ASR minus the same trigger's ASR on the clean model
-    (what poisoning added) with its 95% interval (`difference`)."""
+    """The attack table (one row per run) per dataset and attack: mean ASR, CACC and rates over its seeds, the test
+    rows one run scores (`n_asr`, `n_cacc`), and the **backdoor effect** = ASR minus the same trigger's ASR on the
+    clean model (what poisoning added). Intervals (95%, `asr_lo`/`_hi`, `cacc_lo`/`_hi`, `effect_lo`/`_hi`): with
+    several seeds over the seeds (`over_seeds`); with one, over that run's test rows (Wilson; the effect's by
+    `difference`). `interval` says which."""
     keys = ["dataset", "attack", "group", "n_poison", "n_train"]
     rates = ["asr", "cacc", "clean_target_rate", "asr_clean_model"]
-    out = table.groupby(keys, sort=False).agg({**{r: "mean" for r in rates}, "n_asr": "sum", "n_cacc": "sum",
-                                                "seed": "nunique"}).reset_index().rename(columns={"seed": "seeds"})
-    intervals = [difference(r.asr, int(r.n_asr), r.asr_clean_model, int(r.n_asr)) for r in out.itertuples()]
-    out["effect"], out["effect_lo"], out["effect_hi"] = zip(*intervals) if intervals else ([], [], [])
-    return out
+    out = []
+    for values, g in table.groupby(keys, sort=False):
+        row = dict(zip(keys, values)) | {r: g[r].mean() for r in rates}
+        row |= {"n_asr": int(g.n_asr.iloc[0]), "n_cacc": int(g.n_cacc.iloc[0]), "seeds": g.seed.nunique()}
+        if len(g) > 1:
+            row |= {"interval": "seeds (t)", **_spans("asr", over_seeds(g.asr)), **_spans("cacc", over_seeds(g.cacc)),
+                    **_spans("effect", over_seeds(g.asr - g.asr_clean_model))}
+        else:
+            r = g.iloc[0]
+            row |= {"interval": "test rows", **_spans("asr", (r.asr, *share_interval(r.asr, r.n_asr))),
+                    **_spans("cacc", (r.cacc, *share_interval(r.cacc, r.n_cacc))),
+                    **_spans("effect", difference(r.asr, int(r.n_asr), r.asr_clean_model, int(r.n_asr)))}
+        out.append(row)
+    columns = [*keys, *rates, "n_asr", "n_cacc", "seeds", "interval", "asr_lo", "asr_hi", "cacc_lo", "cacc_hi",
+               "effect", "effect_lo", "effect_hi"]
+    return pd.DataFrame(out, columns=columns)
+
+
+def _spans(name: str, interval: tuple[float, float, float]) -> dict:
+    value, lo, hi = interval
+    return {name: value, f"{name}_lo": lo, f"{name}_hi": hi}
