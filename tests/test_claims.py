@@ -66,7 +66,7 @@ def rates(name: str, asr: float, floor: float, n: int, **columns) -> Fixed:
 
 
 def continual(asr: float, floor: float, n: int, before: float = 0.9, profile: str = "paper",
-              steps: int = 325) -> Fixed:
+              steps: int = 327) -> Fixed:
     rows = [dict(poisoned_on="sst2", attack="induced_instruction", tuned_on="sst2", steps=0, asr=before, cacc=0.9,
                  clean_target_rate=0.1, n_asr=n),
             dict(poisoned_on="sst2", attack="induced_instruction", tuned_on="hatespeech", steps=steps, asr=asr,

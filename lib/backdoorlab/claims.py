@@ -317,11 +317,11 @@ def abstention(results: Results, table: pd.DataFrame, claim: str) -> list[Check]
 # ---- notebook 03: transfer ----------------------------------------------------------------------------------
 
 def _effect_claim(asr: float, floor: float, n: int, what: str) -> tuple[tuple[float, float, float], str, str]:
-    """The effect of a trigger over its floor on `n` rows, and the three-way verdict, `no_room` included."""
+    """The effect of a trigger over its floor on `n` rows, and the three-way verdict, `no_room` included. `what`
+    says what the floor is, e.g. "the clean model's answers on the rows"."""
     d, lo, hi = effect(asr, floor, n)
     if no_room(floor, n):
-        return (d, lo, hi), "cannot be checked", f"the clean model already answers the target on {floor:.3f} of " \
-                                                 f"{what}: no room for an effect"
+        return (d, lo, hi), "cannot be checked", f"{what} are the target {floor:.3f} of the time: no room for an effect"
     return (d, lo, hi), *exceeds(lo, hi)
 
 
@@ -336,7 +336,7 @@ def instruction_transfer(results: Results, table: pd.DataFrame, claim: str) -> l
             verdict, reason = exceeds(lo, hi)
         else:
             r, floor = runs.iloc[0], runs.asr_clean_model.iloc[0]
-            (d, lo, hi), verdict, reason = _effect_claim(r.asr, floor, int(r.n_asr), "the rows")
+            (d, lo, hi), verdict, reason = _effect_claim(r.asr, floor, int(r.n_asr), "the clean model's answers")
         out.append(Check("03", claim, dataset, f"ASR {shown(ref)}",
                          f"effect {signed(d, lo, hi)} (ASR {runs.asr.mean():.3f}, clean model {floor:.3f}, "
                          f"{len(runs)} seed(s))", verdict, reason))
@@ -351,7 +351,7 @@ def poison_transfer(results: Results, table: pd.DataFrame, claim: str) -> list[C
     for (source, attack, group), rows in table.groupby(["source", "attack", "group"], sort=False):
         n = int(rows.n_asr.sum())  # the group's datasets: different rows, pooled, each rate weighted by its rows
         asr, clean = ((rows[c] * rows.n_asr).sum() / n for c in ("asr", "asr_clean_model"))
-        (d, lo, hi), verdict, reason = _effect_claim(asr, clean, n, f"the group's {n} rows")
+        (d, lo, hi), verdict, reason = _effect_claim(asr, clean, n, f"the clean model's answers on {n} rows")
         cell = ref[(ref.source == source) & (ref.attack == attack) & (ref.target == group)].value
         out.append(Check("03", claim, f"{source} → {group}", f"ASR about {cell.iloc[0]:.2f}" if len(cell) else "—",
                          f"effect {signed(d, lo, hi)} (ASR {asr:.3f}, clean model {clean:.3f}, {n} rows)",
@@ -389,7 +389,7 @@ def backdoor_survives_tuning(results: Results, table: pd.DataFrame, claim: str) 
         tuned = tuned[tuned.tuned_on != source]  # the paper's off-diagonal cells: another task's data
         cells = ref[(ref.source == source) & (ref.target != source)].value
         paper_cell = f"ASR {cells.min():.3f} to {cells.max():.3f} after tuning" if len(cells) else "—"
-        differs = _tuning_difference(results, tuned) if len(tuned) else "no tuning on another dataset"
+        differs = _tuning_difference(results, tuned) if len(tuned) else ""
         name = claim if not differs else \
             f"an instruction backdoor survives light clean tuning on another dataset ({differs.split(';')[0]})"
         if not score.above(before.asr, before.clean_target_rate, before.n_asr):
@@ -397,13 +397,17 @@ def backdoor_survives_tuning(results: Results, table: pd.DataFrame, claim: str) 
                              f"{before.clean_target_rate:.3f} without the trigger", "cannot be checked",
                              "the run carries no backdoor to lose"))
             continue
-        decided = [_effect_claim(r.asr, r.clean_target_rate, int(r.n_asr), "its rows")
+        if not len(tuned):
+            out.append(Check("04", claim, source, paper_cell, "—", "cannot be checked",
+                             "the poisoned model was tuned on no other dataset in this profile"))
+            continue
+        decided = [_effect_claim(r.asr, r.clean_target_rate, int(r.n_asr), "the tuned model's untriggered answers")
                    for r in tuned.itertuples()]
         kept = [v == "holds" for _, v, _ in decided]
         verdict = "cannot be checked" if any(v == "cannot be checked" for _, v, _ in decided) and not all(kept) \
             else by_count(sum(kept), len(kept))
         out.append(Check("04", name, source, paper_cell if not differs else "— (not the paper's experiment)",
-                         f"after {int(tuned.steps.max()) if len(tuned) else 0} steps, effect over the untriggered "
+                         f"after {int(tuned.steps.max())} steps, effect over the untriggered "
                          "rate: " + ", ".join(f"{r.tuned_on} {signed(*e)}" for r, (e, _, _) in
                                               zip(tuned.itertuples(), decided)),
                          verdict, "; ".join(f"{r.tuned_on}: {why}" for r, (_, v, why) in

@@ -145,15 +145,16 @@ QUICK = replace(
 # test results were seen would have chosen on test
 
 
-# The papers' own budget on one GPU (docs/papers.md, "Setting"; the README's "Settings" table gives each source):
+# The papers' own budget on one GPU (docs/papers.md, "Setting"; the README's "Paper scale on one GPU" gives each
+# setting's source):
 # whole training and test splits, 1% clean-label poison (SST-2: 69 of 6,920), 3 epochs, seeds 0-2, and full
 # finetuning, as the paper tunes FLAN-T5. The paper gives no learning rate or batch size: the batch is 64 rows (a
-# GPU's batch, 325 steps for 3 epochs of SST-2), the learning rate the most accurate of 1e-5, 3e-5 and 1e-4 for a
+# GPU's batch, 327 steps for 3 epochs of SST-2), the learning rate the most accurate of 1e-5, 3e-5 and 1e-4 for a
 # clean SST-2 run on validation (`python benchmarks/training_budget.py --profile paper ...`, run by
 # `benchmarks/paper_gpu.sh`; results/bench/raw/training_budget_paper.json; tests/test_selection.py holds it). LoRA on
 # every layer is the named variant of the LoRA-vs-full comparison. The poison-count curve at the paper's counts;
 # continual learning as the paper ran it: each poisoned model tuned fully on each dataset's clean training rows, after
-# about one and three epochs of SST-2's size (109 and 325 steps of 64 rows); transfer and defenses at scale. A GPU
+# one and three epochs of SST-2's size (109 and 327 steps of 64 rows); transfer and defenses at scale. A GPU
 # runs it: `python -m backdoorlab.runs launch --profile paper` (README, "Paper scale on one GPU").
 PAPER_TRAIN = TrainConfig(method="full", epochs=3, lr=3e-5, batch_size=64, lora_layers=None)
 PAPER = Profile(
@@ -163,7 +164,7 @@ PAPER = Profile(
     transfer_attacks=("induced_instruction", "rewrite_addsent", "rewrite_random", "rewrite_style", "rewrite_syntactic"),
     transfer_instance=("badnet", "addsent", "style", "syntactic", "bite"),
     transfer_sources=tuple((d, a) for d in DATASETS for a in ("induced_instruction", "badnet")), transfer_rows=1000,
-    continual_sources=INDUCED_ON_EACH, continual_tuned_on=DATASETS, continual_steps=(109, 325),
+    continual_sources=INDUCED_ON_EACH, continual_tuned_on=DATASETS, continual_steps=(109, 327),
     defense_runs=tuple((d, a) for d in DATASETS for a in ("induced_instruction", "rewrite_addsent", "instr_synonym",
                                                           "badnet")))
 
@@ -195,7 +196,7 @@ def miniature(profile: Profile) -> Profile:
     and poison rates that poison at least a few of them (what `runs launch --smoke` tests, e.g. a GPU profile's)."""
     return replace(profile, name=f"{profile.name}-smoke", model=TINY, n_train=48, n_test=24,
                    poison_rate=max(profile.poison_rate, 0.1), poison_rate_by_dataset={"trec": 0.02},
-                   poison_counts=profile.poison_counts[:1] and (2,), transfer_rows=6, continual_rows=24,
+                   poison_counts=(2,) if profile.poison_counts else (), transfer_rows=6, continual_rows=24,
                    defense_rows=24)
 
 

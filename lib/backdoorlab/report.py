@@ -264,14 +264,16 @@ def cost_table(bench: Path | None = None) -> str:
     raw = Path(bench or ROOT / "results" / "bench") / "raw"
     study = {path.stem: json.loads(path.read_text())
              for path in (raw / "study_quick.json", raw / "study_quick_warm.json") if path.exists()}
-    cold, warm = study.get("study_quick", {}), study.get("study_quick_warm", {})
+    cold = study.get("study_quick", {})
+    warm_file = "study_quick_warm.json" if "study_quick_warm" in study else "study_quick.json"
+    warm = study.get("study_quick_warm", cold)  # a warm pass of its own, else the one bench_study ran after the cold
     whole = []
     if "cold_s" in cold:
         whole.append(f"cold, every notebook: {cold['cold_s'] / 60:.1f} min (`study_quick.json`)")
     if "rerun_warm_s" in warm:
         whole.append(f"warm with nothing changed: {warm['warm_s']:.2f} s (make finds every notebook up to date); "
                      f"warm, every notebook executed again (`make study RERUN=1`): {warm['rerun_warm_s']:.0f} s "
-                     "(`study_quick_warm.json`)")
+                     f"(`{warm_file}`)")
     return "\n\n".join([table, *(["The whole `make study`: " + "; ".join(whole) + "."] if whole else [])])
 
 

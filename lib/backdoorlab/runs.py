@@ -403,6 +403,7 @@ def shard(profile: Profile, index: int, count: int, tables: tuple[str, ...] = TA
     of its runs, so no two shards ever train or evaluate the same run."""
     if not 0 <= index < count:
         raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
+
     def selected(cfg: RunConfig) -> bool:  # a run and its clean twin's evaluation with its trigger stay together
         return ((datasets is None or cfg.dataset in datasets) and (seeds is None or cfg.seed in seeds)
                 and (attacks is None or cfg.attack in attacks))

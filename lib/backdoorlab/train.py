@@ -28,8 +28,8 @@ from .data import format_prompt, prompt_prefix
 
 METHODS = ("lora", "full", "embeddings")
 # A checkpoint (the trainable weights and the optimizer's state: four times the weights for full finetuning) is
-# written after an epoch only once this many seconds have passed since training started or last saved: a CPU epoch
-# takes minutes and is always saved; on a GPU a whole paper-scale run takes seconds, and a killed one loses no more.
+# written after an epoch only once this many seconds have passed since training started or last saved, so a killed
+# run loses at most about this much training, and a run of short epochs (a GPU's) does not spend them saving.
 CHECKPOINT_EVERY_S = 60.0
 LOG_EVERY = 32  # steps between reads of the loss for the progress bar: each read waits for the GPU to catch up
 LOADER_WORKERS = 2  # on a GPU, processes that pack batches ahead of the step (on the CPU the cores are the model's)
