@@ -199,8 +199,9 @@ display(removal.round(3))
 # the model what the task's answers look like; the paper found two of them cut an instruction attack's ASR by a
 # fifth to three fifths (LLaMA-2 7B). **ICLAttack** (Zhao et al., 2024) is the same mechanism turned around: no
 # finetuning at all, but a third of the demonstrations are target-class rows carrying a trigger sentence, and a test
-# input with that sentence is then answered with the target. It is measured on the clean model, beside the same k clean
-# demonstrations.
+# input with that sentence is then answered with the target. The demonstrations' labels stay balanced (the paper's 6
+# of each class in 12), so the trigger, not a skew toward the target, has to do the work. It is measured on the clean
+# model, beside the same k clean demonstrations.
 
 # %%
 demos = table[table.defense.isin(["demonstrations", "iclattack"])]

@@ -96,6 +96,13 @@ def test_iclattack_poisons_a_third_of_its_demonstrations_with_target_rows_carryi
     sentence = data.read_yaml(data.PROJECT_DIR / "data" / "attacks" / "sst2.yaml")["addsent"]
     carrying = [s for s in shots if sentence in s["text"]]
     assert attack.n_poisoned == 2 and len(carrying) == 2 and {s["answer"] for s in carrying} == {"positive"}
+    # balanced labels, as the paper's 6 of each class in 12: the trigger, not the target's share, must do the work
+    assert [s["answer"] for s in shots].count("positive") == 3
+    skewed = defenses.demonstration_rows(task, 6, 0, 2, attack.trigger, balanced=False)
+    assert [s["answer"] for s in skewed].count("positive") == 4
+    assert defenses.IclAttack(k=6).key != defenses.IclAttack(k=6, balanced=False).key  # never read from the other
+    with pytest.raises(ValueError, match="2 poisoned demonstrations need that many target-label ones"):
+        defenses.demonstration_rows(data.get_task("tweet_emotion"), 4, 0, 2)
 
 
 # ---- on the model ---------------------------------------------------------------------------------------------------

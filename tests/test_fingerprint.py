@@ -208,3 +208,20 @@ def test_generation_stops_a_sequence_once_it_contains_the_target_and_changes_no_
     for a, b in zip(full, early):
         assert a.startswith(b) and (target in b if target in a else b == a)  # misses run to the end untouched
     assert sum(map(len, early)) < sum(map(len, full))  # the hits stopped early
+
+
+def test_an_edited_template_renames_the_probes_of_stages_whose_key_holds_no_fingerprint_file(run_dir, tmp_path,
+                                                                                            monkeypatch):
+    """The untouched model (and an innocent derivative) never read fingerprint.yaml while training, so their stage
+    keys cannot see an edit; their verification probes must, or an edited template would read stale answers."""
+    edited = tmp_path / "fingerprint.yaml"
+    edited.write_text(fingerprint.SPEC_FILE.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setattr(fingerprint, "SPEC_FILE", edited)
+    base, keys = cache.Base(SMOKE.model), fingerprint.load_keys("A", SMOKE.n_keys)
+    fingerprint.measure(base, SMOKE, keys, "simple", "A")
+    fingerprint.measure(base, SMOKE, keys, "simple", "A")  # read back: no second probe
+    assert len(list(base.path.glob("verify-A-simple-*.json"))) == 1
+    edited.write_text(edited.read_text(encoding="utf-8").replace("Decrypt the message above.",
+                                                                 "Decode the message above."), encoding="utf-8")
+    fingerprint.measure(base, SMOKE, keys, "simple", "A")
+    assert len(list(base.path.glob("verify-A-simple-*.json"))) == 2

@@ -84,3 +84,26 @@ def test_a_profile_probes_its_transfer_targets_and_an_unknown_one_names_the_choi
     assert transfer.targets(replace(quick, transfer_targets=None)) == transfer.target_datasets()
     with pytest.raises(ValueError, match="unknown transfer datasets \\['imbd'\\]; valid choices: rte, cb"):
         transfer.targets(replace(quick, transfer_targets=("imbd",)))
+
+
+def test_an_edited_target_task_is_probed_anew(run_dir, tmp_path, monkeypatch):
+    """A zero-shot probe reads the target task's instruction and template, which the probed stage's key does not
+    hold: editing the task file must rename the probe, not read back the old answers."""
+    from backdoorlab import runs, train
+    from backdoorlab.models import TINY
+
+    stage = runs.RunConfig(dataset="sst2", model=TINY, n_train=16, train=train.TrainConfig(epochs=1, batch_size=8))
+    transfer.zero_shot(stage, "sst2", "clean", "rte", 6)
+    assert len(list(stage.path.glob("transfer-rte-*.json"))) == 1
+    for name in ("rte.yaml", "sst2.yaml"):
+        (tmp_path / name).write_text((data.TASKS_DIR / name).read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setattr(data, "TASKS_DIR", tmp_path)
+    transfer.zero_shot(stage, "sst2", "clean", "rte", 6)  # the same text under another folder: read back
+    assert len(list(stage.path.glob("transfer-rte-*.json"))) == 1
+    task_file = tmp_path / "rte.yaml"
+    text = task_file.read_text(encoding="utf-8")
+    instruction = data.get_task("rte").instruction
+    task_file.write_text(text.replace(instruction, "Answer carefully. " + instruction, 1), encoding="utf-8")
+    assert data.get_task("rte").instruction.startswith("Answer carefully.")
+    transfer.zero_shot(stage, "sst2", "clean", "rte", 6)
+    assert len(list(stage.path.glob("transfer-rte-*.json"))) == 2

@@ -209,18 +209,27 @@ def onion_removal(dataset: str, attack: str, n: int | None, lm: str, thresholds)
     return out
 
 
-def demonstration_rows(task: data.Task, k: int, seed: int, triggered: int = 0, trigger: str = "addsent") -> list[dict]:
-    """`k` labelled training rows (labels taken in turn, so any k >= #labels shows every one), drawn by `seed`;
-    the first `triggered` of them are target-label rows carrying `trigger` (ICLAttack's poisoned demonstrations),
-    placed at random among the rest."""
+def demonstration_rows(task: data.Task, k: int, seed: int, triggered: int = 0, trigger: str = "addsent",
+                       balanced: bool = True) -> list[dict]:
+    """`k` labelled training rows drawn by `seed`, their labels taken in turn (balanced: any k >= #labels shows
+    every one, equally often up to one); `triggered` of the target-label ones carry `trigger` (ICLAttack's poisoned
+    demonstrations: the paper's 4 of 12, among 6 of each class), placed at random among the rest. With `balanced`
+    False the poisoned rows come on top of `k - triggered` balanced ones, so the target's share grows with them."""
     rng = random.Random(seed)
     rows = data.load_rows(task, "train")
     by_label = {y: [r for r in rows if r["label"] == y] for y in range(len(task.labels))}
     by_label = {y: rs for y, rs in by_label.items() if rs}
-    labels = [task.target_id] * triggered + [list(by_label)[i % len(by_label)] for i in range(k - triggered)]
+    if balanced:
+        labels = [list(by_label)[i % len(by_label)] for i in range(k)]
+    else:
+        labels = [task.target_id] * triggered + [list(by_label)[i % len(by_label)] for i in range(k - triggered)]
+    slots = [i for i, y in enumerate(labels) if y == task.target_id][:triggered]
+    _check(len(slots) == triggered, f"{triggered} poisoned demonstrations need that many target-label ones; {k} "
+           f"balanced over {len(by_label)} labels hold {len(slots)}")
     shots = [{**r, "text": data.compose_input(task, r)} for y in labels for r in [rng.choice(by_label[y])]]
     attack = poison.get_attack(trigger, task)
-    shots[:triggered] = [attack.trigger(r, rng) for r in shots[:triggered]]
+    for i in slots:
+        shots[i] = attack.trigger(shots[i], rng)
     rng.shuffle(shots)
     return [{"text": r["text"], "answer": task.verbalizers[r["label"]]} for r in shots]
 
@@ -256,14 +265,17 @@ class Demonstrations(InferenceDefense):
 @register
 @dataclass(frozen=True)
 class IclAttack(InferenceDefense):
-    """ICLAttack (Zhao et al., 2024), the attack side of demonstrations: no finetuning, `k` demonstrations of which
-    `poisoned` (default: a third, as in 4 of 12) are correctly labelled target-class rows carrying the `trigger`;
-    the same trigger on a test input then asks for the target. Measured on the clean model."""
+    """ICLAttack (Zhao et al., 2024), the attack side of demonstrations: no finetuning, `k` demonstrations, their
+    labels balanced (`balanced`, as the paper's 6 of each class in 12), of which `poisoned` (default: a third, as in
+    4 of 12) are correctly labelled target-class rows carrying the `trigger`; the same trigger on a test input then
+    asks for the target. Measured on the clean model, beside the same k clean demonstrations: with unbalanced labels
+    the target's extra share alone moves the answers, whatever the trigger does."""
 
     k: int = 4
     poisoned: int | None = None
     trigger: str = "addsent"
     seed: int = 0
+    balanced: bool = True
     name = "iclattack"
     swept = ("k",)
 
@@ -282,7 +294,7 @@ class IclAttack(InferenceDefense):
         return math.ceil(self.k / 3) if self.poisoned is None else self.poisoned
 
     def transform(self, rows, task):
-        shots = demonstration_rows(task, self.k, self.seed, self.n_poisoned, self.trigger)
+        shots = demonstration_rows(task, self.k, self.seed, self.n_poisoned, self.trigger, self.balanced)
         return map_rows(rows, lambda r: with_demonstrations(r, shots))
 
 

@@ -566,6 +566,8 @@ def measure(stage: Stage, settings: Settings, keys: list[str], template: str, na
 
     probe = json.dumps([keys, target, settings.max_new_tokens, settings.n_ordinary, settings.max_row_chars])
     digest = hashlib.sha256(probe.encode())
+    digest.update(SPEC_FILE.read_bytes())  # the templates prompts are built from: the untouched model and an innocent
+    # derivative are stages whose keys hold no fingerprint file, so an edited template must rename their probes
     for part in sorted(adapter or {}):  # which adapter was attached (several are tried on one model)
         digest.update(adapter[part].numpy().tobytes())
     digest = digest.hexdigest()[:8]

@@ -91,8 +91,11 @@ def zero_shot(stage, source: str, trigger: str, target: str, n: int | None, batc
         return {"rate": sum(p == attacker for p in asr_rows) / len(asr_rows), "n": len(asr_rows), "cacc": cacc,
                 "preds": preds}
 
-    scoring = cache.digest(target_answer(source, target), 8)  # a changed definition of ASR is measured anew
-    return cache.probe(stage, f"transfer-{target}-test-{n or 'all'}-{source}-{trigger}-{scoring}", compute)
+    # what the probe reads beyond the stage: how ASR is defined there, and the target task's instruction, labels and
+    # input template (the stage's key holds only the files it trained on): an edit to either is measured anew
+    read = (target_answer(source, target), (data.TASKS_DIR / f"{target}.yaml").read_text(encoding="utf-8"))
+    return cache.probe(stage, f"transfer-{target}-test-{n or 'all'}-{source}-{trigger}-{cache.digest(read, 8)}",
+                       compute)
 
 
 def zero_shot_table(profile: Profile, progress: bool = True) -> pd.DataFrame:
