@@ -219,8 +219,9 @@ def demonstration_rows(task: data.Task, k: int, seed: int, triggered: int = 0, t
     rows = data.load_rows(task, "train")
     by_label = {y: [r for r in rows if r["label"] == y] for y in range(len(task.labels))}
     by_label = {y: rs for y, rs in by_label.items() if rs}
-    if balanced:
-        labels = [list(by_label)[i % len(by_label)] for i in range(k)]
+    if balanced:  # in turn, the target's first where some are poisoned (so even k = 1 holds one)
+        turns = [task.target_id, *(y for y in by_label if y != task.target_id)] if triggered else list(by_label)
+        labels = [turns[i % len(turns)] for i in range(k)]
     else:
         labels = [task.target_id] * triggered + [list(by_label)[i % len(by_label)] for i in range(k - triggered)]
     slots = [i for i, y in enumerate(labels) if y == task.target_id][:triggered]
