@@ -37,8 +37,8 @@ VERDICTS = ("holds", "partly", "does not hold", "cannot be checked")
 TOO_FEW = "n too small: the interval reaches both sides of {what}"
 
 # The named margins every check decides with, each in one place and said why.
-NEGLIGIBLE = 0.05  # a backdoor effect (or a difference of effects) below 5 points of ASR is no backdoor: the paper's
-# attacks that fail on SST-2 sit at 5-8% ASR, a few points above what the clean model answers anyway
+NEGLIGIBLE = 0.05  # a backdoor effect (or a difference of effects) below 5 points of ASR is no backdoor: the attacks
+# the paper reads as failing on SST-2 (BadNet, cf, instruction BadNet, synonym, ignore) sit at 5-8% ASR
 CACC_MARGIN = 0.02  # "clean accuracy kept": within 2 points below the clean run's; the paper's 17 attacks all stay
 # within 0.6 points of its SST-2 baseline (data/paper_reference.csv), so 2 points is a loose reading of it
 RARE = 0.10  # a fingerprint "rarely" fires on inputs that are not its keys: on fewer than 1 in 10
