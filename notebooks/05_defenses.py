@@ -73,7 +73,7 @@ model = None  # None: the profile's model; else a hub id or local folder of a ca
 import pandas as pd
 from IPython.display import display
 
-from backdoorlab import data, defenses, plots, runs
+from backdoorlab import data, defense_matrix, defenses, plots, runs
 from backdoorlab.profiles import get_profile
 
 P = get_profile(profile, model)
@@ -92,7 +92,7 @@ print("registered defenses:", {name: cls.where for name, cls in defenses.DEFENSE
 # (`defense_dirty_counts`) and defended at the fewest rows that plant a backdoor: a count chosen on validation.
 
 # %%
-table, checks, onion = defenses.matrix(P)
+table, checks, onion = defense_matrix.matrix(P)
 checks.to_csv(out / "defenses_backdoor_check.csv", index=False)
 display(checks.round(3))
 defended = table[table.defense != "iclattack"].drop_duplicates(["dataset", "attack", "dirty_label", "n_poison"])
@@ -140,12 +140,13 @@ plots.defense_heatmap(table, P.name);
 # %% [markdown]
 # **What you should see.** A swept defense's setting (how many demonstrations, how many alignment steps, what share
 # of weights to prune) is chosen on **validation** for each defended run, as a defender who does not know the trigger
-# would: the strongest setting whose validation CACC stays within `defenses.CACC_COST` of the undefended run's
-# (`defenses.select_setting`; `chosen_on_validation`). Picking the setting with the lowest *test* ASR would choose on
-# the numbers being reported. The next cell reads each defense at its chosen setting, beside the clean model's floor.
+# would: the strongest setting whose validation CACC stays within `defense_matrix.CACC_COST` of the undefended
+# run's (`defense_matrix.select_setting`; `chosen_on_validation`). Picking the setting with the lowest *test* ASR
+# would choose on the numbers being reported. The next cell reads each defense at its chosen setting, beside the
+# clean model's floor.
 
 # %%
-chosen_rows = defenses.judge(table[table.chosen_on_validation.eq(True)])
+chosen_rows = defense_matrix.judge(table[table.chosen_on_validation.eq(True)])
 for r in chosen_rows.itertuples():
     print(f"{r.dataset} · {r.attack} · {r.defense} ({r.setting}): ASR {r.asr_undefended:.3f} undefended → "
           f"{r.asr:.3f}; clean model {r.asr_clean_model:.3f}; drop beyond noise: {r.significant_drop}; "
@@ -156,12 +157,12 @@ for r in chosen_rows.itertuples():
 # The paper found ONION lowers instruction attacks' ASR by about 1 point on SST-2 and at most about 3.5 (HateSpeech);
 # it was built for, and works against, inserted rare words. Below, for each run, the drop (undefended − defended
 # ASR), whether it is beyond sampling noise (the 95% Wilson intervals of the two ASRs do not overlap), and whether
-# the task survived (CACC at most `defenses.CACC_COST` = 0.05 below the undefended run's: a "defense" that lowers
-# ASR by breaking the task defends nothing). On the input, every threshold of the sweep is shown; the claim is
-# checked at the one validation chose.
+# the task survived (CACC at most `defense_matrix.CACC_COST` = 0.05 below the undefended run's: a "defense" that
+# lowers ASR by breaking the task defends nothing). On the input, every threshold of the sweep is shown; the claim
+# is checked at the one validation chose.
 
 # %%
-table = defenses.judge(table)
+table = defense_matrix.judge(table)
 onion_rows = table[table.defense == "onion"]
 display(onion_rows[["dataset", "attack", "group", "dirty_label", "setting", "chosen_on_validation", "asr_undefended",
                     "asr", "asr_drop", "significant_drop", "cacc_undefended", "cacc", "task_kept"]].round(3))
@@ -256,7 +257,7 @@ else:  # each retrains the victim on the rows it keeps: one more training run pe
 # finds nothing there, by design — that is its blind spot, and ONION's strength.
 
 # %%
-audit = defenses.audit_table(P)
+audit = defense_matrix.audit_table(P)
 audit.to_csv(out / "defenses_audit.csv", index=False)
 display(audit.round(3))
 instruction_level = audit[~audit.group.isin(["instance", "clean"])]

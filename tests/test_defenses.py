@@ -7,7 +7,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from backdoorlab import cache, data, defenses, runs
+from backdoorlab import cache, data, defense_matrix, defenses, runs
 from backdoorlab.models import SMOLLM2, TINY
 from backdoorlab.profiles import get_profile
 from backdoorlab.train import TrainConfig
@@ -207,7 +207,7 @@ def test_psim_trains_on_random_labels_from_the_suspect_model(run_dir):
 
 
 def test_audit_table_reports_the_audit_on_every_run_of_the_grid(run_dir):
-    table = defenses.audit_table(get_profile("smoke"))
+    table = defense_matrix.audit_table(get_profile("smoke"))
     assert len(table) == len(runs.grid(get_profile("smoke")))
     clean = table[table.attack == "clean"]
     assert (clean.flagged == 0).all() and (clean.false_positive_rate == 0).all()
@@ -234,13 +234,13 @@ def test_a_defended_probe_is_cached_under_the_defense_key(run_dir):
 def test_a_profile_runs_the_defenses_it_names_and_an_unknown_one_names_the_choices():
     quick = get_profile("quick")
     onion = [{"field": "instruction", "threshold": 10.0, "chosen": True}]
-    named = [d.name for d, _ in defenses.profile_defenses(quick, onion)]
+    named = [d.name for d, _ in defense_matrix.profile_defenses(quick, onion)]
     assert list(dict.fromkeys(named)) == ["onion", "demonstrations", "clean_alignment", "prune"]
     assert named.count("demonstrations") == len(quick.demonstration_k) == 2  # a sweep for validation to choose from
-    assert {d.name for d, _ in defenses.profile_defenses(replace(quick, defenses=None), onion)} == \
+    assert {d.name for d, _ in defense_matrix.profile_defenses(replace(quick, defenses=None), onion)} == \
         set(defenses.DEFENSES) - {"iclattack"}  # ICLAttack attacks the clean model: matrix() adds its rows
     with pytest.raises(ValueError, match="unknown defenses \\['onoin'\\]; valid choices: onion"):
-        defenses.profile_defenses(replace(quick, defenses=("onoin",)), onion)
+        defense_matrix.profile_defenses(replace(quick, defenses=("onoin",)), onion)
 
 
 def test_what_an_inference_defense_did_to_the_triggered_inputs_is_recorded(run_dir):
@@ -267,10 +267,10 @@ def test_a_swept_setting_is_chosen_on_validation_the_strongest_that_keeps_the_ta
         splits.append(split)
         return {"cacc": {1: 0.79, 2: 0.77, 4: 0.70}[defense.k]}
 
-    monkeypatch.setattr(defenses.runs, "task_probe", probe)
-    monkeypatch.setattr(defenses, "evaluate", defended)
+    monkeypatch.setattr(defense_matrix.runs, "task_probe", probe)
+    monkeypatch.setattr(defense_matrix, "evaluate", defended)
     sweep = [defenses.Demonstrations(k) for k in (1, 2, 4)]
-    rows = defenses.select_setting(sweep, tiny_run(), 24)
+    rows = defense_matrix.select_setting(sweep, tiny_run(), 24)
     assert [r["chosen"] for r in rows] == [False, True, False] and set(splits) == {"validation"}
-    monkeypatch.setattr(defenses, "CACC_COST", 0.0)  # nothing is within budget: the one that costs least
-    assert [r["chosen"] for r in defenses.select_setting(sweep, tiny_run(), 24)] == [True, False, False]
+    monkeypatch.setattr(defense_matrix, "CACC_COST", 0.0)  # nothing is within budget: the one that costs least
+    assert [r["chosen"] for r in defense_matrix.select_setting(sweep, tiny_run(), 24)] == [True, False, False]

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import data, score
-from .defenses import CACC_COST, judge
+from .defense_matrix import CACC_COST, judge
 from .fingerprint import CLAIM_FSR, SETTINGS
 from .poison import group_of
 from .profiles import PROFILES
@@ -454,7 +454,7 @@ def onion_fails_on_instructions(results: Results, table: pd.DataFrame, claim: st
 
 def _lowered(table: pd.DataFrame, defense: str, claim: str) -> list[Check]:
     """A defense lowers the ASR: its setting chosen on validation, then on test its ASR below the undefended one's
-    (the drop's interval above 0) at a CACC cost within `defenses.CACC_COST`."""
+    (the drop's interval above 0) at a CACC cost within `defense_matrix.CACC_COST`."""
     ref = paper("defenses").set_index(["source", "target"]).value
     out = []
     for (dataset, attack), rows in table[table.defense == defense].groupby(["dataset", "attack"], sort=False):

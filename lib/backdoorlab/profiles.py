@@ -119,7 +119,7 @@ EXTENDED = Profile(
     continual_steps=(4, 16), continual_rows=200,
     # Notebook 05: the induced instruction on each dataset and BadNet dirty-label (at the fewest poisoned rows of
     # 25, 50, 100 that plant a backdoor), each defended where its backdoor shows on validation
-    # (`defenses.defended_runs`), on 200 test rows.
+    # (`defense_matrix.defended_runs`), on 200 test rows.
     defense_runs=INDUCED_ON_EACH, defense_dirty_counts=(25, 50, 100),
     defense_rows=200, demonstration_k=(2, 4), onion_thresholds=(10.0, 100.0, 300.0, 1000.0),
     alignment_steps=(16, 32), prune_sparsity=(0.01, 0.05))
@@ -141,7 +141,7 @@ QUICK = replace(
     defense_runs=((HEADLINE, "induced_instruction"),), defense_dirty=(),
     defenses=("onion", "demonstrations", "iclattack", "clean_alignment", "prune"),
     onion_fields=("instruction",), onion_removal_rows=50)  # each defense's sweep is extended's, its setting chosen
-# on validation for each defended run (`defenses.select_setting`): a sweep cut down to one setting after extended's
+# on validation for each defended run (`defense_matrix.select_setting`): a sweep cut down to one setting after extended's
 # test results were seen would have chosen on test
 
 
