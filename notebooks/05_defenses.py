@@ -255,16 +255,24 @@ else:  # each retrains the victim on the rows it keeps: one more training run pe
 # The audit needs no model, so it runs on **every** attack's poisoned training set of the main grid, and on each
 # clean set (where every flag is a false positive). Instance-level attacks leave the instruction alone: the audit
 # finds nothing there, by design — that is its blind spot, and ONION's strength.
+#
+# A clean set in which every row carries the task's one instruction can hold no false positive: every row falls in
+# the common group. A real instruction-tuning set gathers a task's rows from several sources, each phrasing it its
+# own way, so each set is audited twice: as built, and with half its clean rows reworded by one of four legitimate
+# paraphrases (`data/paraphrases.yaml`, `instructions` = paraphrased). A paraphrase group whose labels happen to
+# sit on one class looks like a poisoned one. The audit's thresholds are chosen for each attack on the *other*
+# attacks' paraphrased sets (the best F1), never on the attack it is scored on (`thresholds`).
 
 # %%
 audit = defense_matrix.audit_table(P)
 audit.to_csv(out / "defenses_audit.csv", index=False)
 display(audit.round(3))
-instruction_level = audit[~audit.group.isin(["instance", "clean"])]
-print(f"instruction-level poisoned sets: recall min {instruction_level.recall.min():.2f}, mean "
-      f"{instruction_level.recall.mean():.2f}; instance-level recall max "
-      f"{audit[audit.group == 'instance'].recall.max():.2f}; false-positive rate on clean sets max "
-      f"{audit[audit.group == 'clean'].false_positive_rate.max():.3f}")
+for mix, rows in audit.groupby("instructions", sort=False):
+    instruction_level = rows[~rows.group.isin(["instance", "clean"])]
+    print(f"{mix} instruction(s): instruction-level poisoned sets: recall min {instruction_level.recall.min():.2f}, "
+          f"mean {instruction_level.recall.mean():.2f}; instance-level recall max "
+          f"{rows[rows.group == 'instance'].recall.max():.2f}; false-positive rate on clean sets max "
+          f"{rows[rows.group == 'clean'].false_positive_rate.max():.3f}")
 
 # %% [markdown]
 # ## 8 · Repairing the model: weak-to-strong unlearning and pruning

@@ -208,13 +208,38 @@ def test_psim_trains_on_random_labels_from_the_suspect_model(run_dir):
 
 def test_audit_table_reports_the_audit_on_every_run_of_the_grid(run_dir):
     table = defense_matrix.audit_table(get_profile("smoke"))
-    assert len(table) == len(runs.grid(get_profile("smoke")))
-    clean = table[table.attack == "clean"]
-    assert (clean.flagged == 0).all() and (clean.false_positive_rate == 0).all()
+    assert len(table) == 2 * len(runs.grid(get_profile("smoke")))  # one instruction, and paraphrased
+    assert set(table.instructions) == {"one", "paraphrased"}
+    assert set(table.thresholds) <= {", ".join(f"{k}={v}" for k, v in q.items()) for q in defense_matrix.AUDIT_SETTINGS}
+    clean = table[(table.attack == "clean") & (table.instructions == "one")]
+    assert (clean.flagged == 0).all() and (clean.false_positive_rate == 0).all()  # 0 by construction
+    # smoke's 48-row sets give paraphrase groups of a few rows, whose labels concentrate by chance: flagged
+    assert table[(table.attack == "clean") & (table.instructions == "paraphrased")].false_positive_rate.max() > 0
     assert (table[table.group == "instance"].recall == 0).all()
     induced = table[table.attack == "induced_instruction"]
     enough = induced.n_poison >= defenses.InstructionAudit().min_rows  # fewer rows say nothing about their labels
     assert (induced[enough].recall == 1).all() and (induced[~enough].recall == 0).all() and enough.any()
+
+
+def test_a_paraphrased_clean_set_rewords_half_its_clean_rows_and_never_a_poisoned_one():
+    task = data.get_task("sst2")
+    instructions = [task.instruction] * 40 + ["a poisoned instruction"] * 4
+    reworded = defense_matrix.paraphrased(instructions, task, seed=0)
+    assert reworded == defense_matrix.paraphrased(instructions, task, seed=0)
+    assert sum(r != task.instruction for r in reworded[:40]) == 20 and reworded[40:] == instructions[40:]
+    assert set(reworded[:40]) - {task.instruction} <= set(data.paraphrases("sst2"))
+    with pytest.raises(ValueError, match="no paraphrases of 'rte'; tasks with some: hatespeech, sst2"):
+        data.paraphrases("rte")
+
+
+def test_the_audit_can_flag_legitimate_paraphrases_of_a_skewed_task():
+    """With one instruction a clean set's false-positive rate is 0 by construction; reworded rows of a task whose
+    labels are 89% one class concentrate by chance, and a loose concentration threshold flags them."""
+    labels = ([0] * 89 + [1] * 11) * 4
+    instructions = [f"paraphrase {i % 8}" if i % 2 else "the task's instruction" for i in range(len(labels))]
+    groups = defenses.instruction_groups(instructions, labels)
+    loose, strict = (defenses.InstructionAudit(min_concentration=c).decide(groups) for c in (0.8, 1.0))
+    assert any(g["flagged"] for g in loose) and not any(g["flagged"] for g in strict)
 
 
 def test_dataset_row_transforms_keep_every_row(rows):

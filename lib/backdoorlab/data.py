@@ -331,6 +331,17 @@ def instruction_rows(region: str, n: int, max_chars: int, offset: int = 0) -> li
 
 
 PAPER_REFERENCE_FILE = PROJECT_DIR / "data" / "paper_reference.csv"
+PARAPHRASES_FILE = PROJECT_DIR / "data" / "paraphrases.yaml"
+
+
+def paraphrases(task: str) -> list[str]:
+    """Legitimate rewordings of a task's clean instruction (data/paraphrases.yaml), written by us: a clean set whose
+    rows come from several sources, each phrasing the task its own way."""
+    written = read_yaml(PARAPHRASES_FILE)
+    if not written.get(task):
+        raise ValueError(f"{PARAPHRASES_FILE} holds no paraphrases of {task!r}; tasks with some: "
+                         f"{', '.join(sorted(written))}")
+    return [" ".join(p.split()) for p in written[task]]
 
 
 def paper_reference(experiment: str) -> list[dict]:

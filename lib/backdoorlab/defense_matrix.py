@@ -9,17 +9,24 @@ themselves, registered by name, are `backdoorlab.defenses`.
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import replace
 
 import pandas as pd
 
-from . import poison, runs, score
+from . import data, poison, runs, score
 from .defenses import (DEFENSES, CleanAlignment, Defense, Demonstrations, IclAttack, InstructionAudit, Onion, Prune,
-                       Psim, W2S, detection_on, evaluate, triggered_changed)
+                       Psim, W2S, detection, evaluate, instruction_groups, triggered_changed)
 from .profiles import HEADLINE, Profile
 from .runs import RunConfig
 
 CACC_COST = 0.05  # a defense that costs more clean accuracy than this broke the task rather than the backdoor
+PARAPHRASED = 0.5  # the share of a clean set's rows the audit sees reworded (`paraphrased`)
+# the audit's thresholds it chooses among, on attacks other than the one it is scored on (`audit_table`); its
+# defaults first, so a tie keeps them
+AUDIT_SETTINGS = ({"max_share": 0.2, "min_concentration": 0.9}, *(
+    {"max_share": share, "min_concentration": concentration} for share in (0.1, 0.2, 0.3)
+    for concentration in (0.8, 0.9, 1.0) if (share, concentration) != (0.2, 0.9)))
 SELECTED = ("demonstrations", "clean_alignment", "prune")  # swept defenses whose setting `select_setting` chooses
 DETECTION = ("precision", "recall", "false_positive_rate", "flagged")  # a data defense's columns
 
@@ -173,13 +180,52 @@ def judge(table: pd.DataFrame, cacc_cost: float = CACC_COST) -> pd.DataFrame:
     return out.assign(lowered=out.significant_drop & out.task_kept)
 
 
+def paraphrased(instructions: list[str], task: data.Task, seed: int) -> list[str]:
+    """The instructions of a training set with `PARAPHRASED` of the rows carrying the task's clean instruction
+    reworded, each by one of the task's paraphrases (`data.paraphrases`) drawn with `seed`: a clean set gathered from
+    several sources. Poisoned instructions stay as they are."""
+    rng = random.Random(seed)
+    words = data.paraphrases(task.name)
+    clean = [i for i, text in enumerate(instructions) if text == task.instruction]
+    chosen = set(rng.sample(clean, round(PARAPHRASED * len(clean))))
+    return [rng.choice(words) if i in chosen else text for i, text in enumerate(instructions)]
+
+
 def audit_table(profile: Profile) -> pd.DataFrame:
-    """The instruction audit on every attack's poisoned training set of the profile's main grid (and each clean
-    set: its false-positive rate), no training: precision, recall, flagged rows."""
-    audit = InstructionAudit()
-    return pd.DataFrame([{"dataset": run.dataset, "attack": run.attack, "group": poison.group_of(run.attack),
-                          "seed": run.seed, "n_poison": run.n_poison, **detection_on(audit.detect(run), run)}
-                         for run in runs.grid(profile)])
+    """The instruction audit on every attack's poisoned training set of the profile's main grid and on each clean
+    set, no training, twice: with every clean row carrying the task's one instruction (`instructions` "one", where
+    the clean set's false-positive rate is 0 by construction) and with `PARAPHRASED` of them reworded
+    ("paraphrased"). Its thresholds are chosen among `AUDIT_SETTINGS` per scored attack on the *other* attacks'
+    paraphrased sets of the same dataset and seed (the best mean F1 of flagged against poisoned rows), never on the
+    attack scored; a clean set's on all attacks. Precision, recall, false-positive rate, flagged rows."""
+    sets = []  # per run and instruction mix: groups of rows by instruction, and the poisoned rows
+    for run in runs.grid(profile):
+        poisoned = runs.training_set(run)
+        one, labels = list(poisoned.dataset["instruction"]), list(poisoned.dataset["label"])
+        truth = set(poisoned.rows) if run.attack != "clean" else set()
+        task = data.get_task(run.dataset)
+        for mix, instructions in (("one", one), ("paraphrased", paraphrased(one, task, run.seed))):
+            sets.append((run, mix, instruction_groups(instructions, labels), truth, len(labels)))
+
+    def detected(params: dict, groups: list[dict], truth: set[int], n_rows: int) -> dict:
+        flagged = [i for g in InstructionAudit(**params).decide(groups) if g["flagged"] for i in g["rows"]]
+        return detection(flagged, truth, n_rows)
+
+    def f1(d: dict) -> float:
+        p, r = d["precision"], d["recall"]
+        return 0.0 if math.isnan(p) or math.isnan(r) or p + r == 0 else 2 * p * r / (p + r)
+
+    out = []
+    for run, mix, groups, truth, n_rows in sets:
+        others = [s for s in sets if s[1] == "paraphrased" and s[0].attack not in ("clean", run.attack)
+                  and (s[0].dataset, s[0].seed) == (run.dataset, run.seed)]
+        params = max(AUDIT_SETTINGS, key=lambda q: sum(f1(detected(q, *s[2:])) for s in others)) if others \
+            else AUDIT_SETTINGS[0]
+        out.append({"dataset": run.dataset, "attack": run.attack, "group": poison.group_of(run.attack),
+                    "seed": run.seed, "n_poison": run.n_poison, "instructions": mix,
+                    "thresholds": ", ".join(f"{k}={v}" for k, v in params.items()),
+                    **detected(params, groups, truth, n_rows)})
+    return pd.DataFrame(out)
 
 
 def main(argv: list[str] | None = None) -> None:

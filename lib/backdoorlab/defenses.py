@@ -598,23 +598,36 @@ class InstructionAudit(DataDefense):
 
     def audit(self, instructions: list[str], labels: list[int]) -> list[dict]:
         """One dict per instruction group: its change, rows, share, concentration, distance and verdict."""
-        common = max(set(instructions), key=instructions.count)
-        groups: dict[str, list[int]] = {}
-        for i, text in enumerate(instructions):
-            groups.setdefault(instruction_change(common, text), []).append(i)
-        examples = {change: instructions[idx[0]] for change, idx in groups.items()}
-        distances = dict(zip(examples, stealth.embedding_distance([common] * len(examples),
-                                                                     list(examples.values())), strict=True))
-        out = []
-        for change, idx in groups.items():
-            counts = [labels[i] for i in idx]
-            concentration = max(counts.count(y) for y in set(counts)) / len(idx)
-            share = len(idx) / len(instructions)
-            flagged = bool(change) and share <= self.max_share and len(idx) >= self.min_rows \
-                and concentration >= self.min_concentration and distances[change] >= self.min_distance
-            out.append({"change": change or "(the common instruction)", "rows": idx, "share": share,
-                        "concentration": concentration, "distance": distances[change], "flagged": flagged})
-        return out
+        return self.decide(instruction_groups(instructions, labels))
+
+    def decide(self, groups: list[dict]) -> list[dict]:
+        """`instruction_groups` with each group's verdict under this audit's thresholds."""
+        return [{**g, "flagged": g["change"] != COMMON and g["share"] <= self.max_share
+                 and len(g["rows"]) >= self.min_rows and g["concentration"] >= self.min_concentration
+                 and g["distance"] >= self.min_distance} for g in groups]
+
+
+COMMON = "(the common instruction)"
+
+
+def instruction_groups(instructions: list[str], labels: list[int]) -> list[dict]:
+    """The rows of a training set grouped by how their instruction differs from the most common one
+    (`instruction_change`), each group with its rows, its share of the set, how much its labels concentrate on one
+    class, and the MiniLM distance of its instruction from the common one: what `InstructionAudit` decides on."""
+    common = max(set(instructions), key=instructions.count)
+    groups: dict[str, list[int]] = {}
+    for i, text in enumerate(instructions):
+        groups.setdefault(instruction_change(common, text), []).append(i)
+    examples = {change: instructions[idx[0]] for change, idx in groups.items()}
+    distances = dict(zip(examples, stealth.embedding_distance([common] * len(examples), list(examples.values())),
+                         strict=True))
+    out = []
+    for change, idx in groups.items():
+        counts = [labels[i] for i in idx]
+        out.append({"change": change or COMMON, "rows": idx, "share": len(idx) / len(instructions),
+                    "concentration": max(counts.count(y) for y in set(counts)) / len(idx),
+                    "distance": distances[change]})
+    return out
 
 
 def instruction_change(common: str, text: str) -> str:
