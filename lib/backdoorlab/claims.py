@@ -96,9 +96,33 @@ def check(notebook: str, claim: str, reads: str, load: Callable[[Results], pd.Da
     return wrap
 
 
+# The claims of docs/papers.md this study does not run, each with why: listed, so that no claim disappears from the
+# report, and never decided (there is nothing of ours to decide them on).
+NOT_RUN = (
+    Check("02", "a larger model needs fewer poisoned rows (FLAN-T5 small to xxl, SST-2; xl about 100% ASR at about "
+                "30 rows)", "—", "ASR against poison count, per FLAN-T5 size", "—", "cannot be checked",
+          "not run here: one model size offline (SmolLM2-135M); notebook 02's poison-count curve is ours, on one "
+          "model"),
+    Check("02", "the induced instruction backdoors other model families (LLaMA-2 7B, GPT-2)", "—",
+          "LLaMA-2 7B SST-2 about 0.91; GPT-2 124M about 0.56", "—", "cannot be checked",
+          "not run here: only SmolLM2 is offline (any hub model runs with network: `make study MODEL=...`)"),
+    Check("05", "RAP and SEEM lower an instruction attack's ASR little (SEEM 8-9 points at a 10-24 point CACC cost)",
+          "—", "RAP at most 3.8 points; SEEM 8-9", "—", "cannot be checked",
+          "not run here: RAP and SEEM are not among the registered defenses"),
+    Check("05", "ICLAttack reaches about 95% ASR through demonstrations alone", "—",
+          "0.950 on OPT 1.3B-40B, 12 demonstrations", "—", "cannot be checked",
+          "not the paper's experiment: notebook 05 runs ICLAttack on SmolLM2-135M with few demonstrations, one draw"),
+    Check("05", "Antidote-style pruning lowers a harmful score at a small task cost", "—",
+          "harmful score 72.2 → 63.0 at -3.5 task accuracy", "—", "cannot be checked",
+          "not the paper's experiment: its harmful score is of a safety benchmark; notebook 05 prunes against a "
+          "backdoor's trigger"),
+)
+
+
 def checks(results: Results) -> pd.DataFrame:
-    """Every registered check on `results`, one row per cell, in notebook order."""
-    rows = [vars(c) for fn in CHECKS.values() for c in fn(results)]
+    """Every registered check on `results`, one row per cell, in notebook order, and the claims not run here
+    (`NOT_RUN`) after them."""
+    rows = [vars(c) for fn in CHECKS.values() for c in fn(results)] + [vars(c) for c in NOT_RUN]
     return pd.DataFrame(rows, columns=list(Check.__dataclass_fields__))
 
 
