@@ -81,7 +81,9 @@ def bundle(out: Path, part_mib: float, data: list[str], wheels: list[str], pytho
         for name in data:
             if not (mirror / name).is_dir():
                 raise SystemExit(f"{mirror / name} is not a folder of the mirror")
-            shutil.copytree(mirror / name, staging / "data" / name)
+            (staging / "data" / name).mkdir(parents=True)
+            for source in sorted((mirror / name).iterdir()):  # contents only: the mirror's modes are read-only
+                shutil.copyfile(source, staging / "data" / name / source.name)
             extras += sorted((staging / "data" / name).iterdir())
     # first fit: pieces of the GGUF one a part, the small files wherever room is left
     parts: list[list[Path]] = [[p] for p in pieces]
